@@ -1,0 +1,26 @@
+"""mulancodec: lossless image compression with a MuLAN diffusion model and bits-back ANS.
+
+    import mulancodec
+    data = mulancodec.compress("photo.png")          # bytes of a .mlc file
+    pixels = mulancodec.decompress(data)               # numpy array, bit-exact
+    im = mulancodec.decompress_image(data)             # PIL image, original mode
+    blob = mulancodec.compress_many(images)            # one stream, start-up cost paid once
+    arrays = mulancodec.decompress_many(blob)
+
+Importing the package also registers the MLC format with Pillow.
+"""
+__version__ = "0.1.0"
+
+from .api import (DecodeError, EncodeError, EncodeStats, compress, compress_many, compress_with_stats,
+                  decompress, decompress_image, decompress_many, decompress_pictures, read_header)
+from .coding.container import FormatError
+from .image import ImageError
+from .weights import ModelFileError, load_model
+
+__all__ = ["__version__", "compress", "compress_many", "compress_with_stats", "decompress",
+           "decompress_image", "decompress_many", "decompress_pictures", "read_header", "load_model",
+           "DecodeError", "EncodeError", "EncodeStats", "FormatError", "ImageError", "ModelFileError"]
+
+from .pillow_plugin import register as _register_pillow
+
+_register_pillow()

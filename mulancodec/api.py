@@ -1,0 +1,372 @@
+"""The public Python API: compress / decompress one image or a stream of many.
+
+The data path, top to bottom: image -> Picture (image.py) -> tiles -> model
+likelihoods and bits-back ANS (coding/bitsback.py) -> container (coding/container.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import image as img
+from .coding import container as fmt
+from .coding.bitsback import ChainSpec, Encoded, TileJob, decode_tiles, deterministic, encode_tiles
+from .coding.codecs import CodingError
+from .weights import LoadedModel, ModelFileError, load_model
+
+DEFAULT_STEPS = 100
+
+
+class DecodeError(Exception):
+    """A file could not be decoded into exactly the image that was encoded."""
+
+
+class EncodeError(Exception):
+    """An image could not be encoded."""
+
+
+# -- models and devices -----------------------------------------------------------------
+
+_MODELS: dict[tuple[str, str], LoadedModel] = {}
+
+
+def get_model(model: "str | os.PathLike | LoadedModel | None", device: torch.device) -> LoadedModel:
+    """Load (once per path and device) the given model, or the shipped default."""
+    if isinstance(model, LoadedModel):
+        if model.model.denoiser.conv_in.weight.device.type != device.type:
+            model.model.to(device)
+        return model
+    key = (str(model or os.environ.get("MULANCODEC_MODEL") or "<default>"), str(device))
+    if key not in _MODELS:
+        _MODELS[key] = load_model(model, device)
+    return _MODELS[key]
+
+
+def pick_device(device: "str | torch.device | None") -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EncodeError("CUDA was requested but is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise EncodeError(f"unsupported device {device!r} (use cpu or cuda)")
+    return dev
+
+
+def env_tag(device: torch.device) -> int:
+    """A short fingerprint of what decides the network's float results."""
+    if device.type == "cuda":
+        kind = torch.cuda.get_device_name(device)
+    else:
+        kind = torch.backends.cpu.get_cpu_capability()
+    return zlib.crc32(f"torch {torch.__version__}|{device.type}|{kind}".encode())
+
+
+def default_steps(lm: LoadedModel) -> int:
+    try:
+        return int(lm.meta.get("default_steps", DEFAULT_STEPS))
+    except ValueError:
+        return DEFAULT_STEPS
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+@dataclass
+class EncodeStats:
+    """What an encode measured (see `compress_with_stats`)."""
+
+    bytes: int
+    subpixels: int
+    bits_back_bytes: int | None  # size the bits-back file had (None if not attempted)
+    embedded: bool  # the file stores an embedded PNG/WebP because it was smaller
+    first_batch_bits: int  # seed bits the first batch consumed (the start-up cost)
+    tiles: int
+    plan: list[int]
+
+    @property
+    def bpd(self) -> float:
+        return 8 * self.bytes / max(1, self.subpixels)
+
+
+def _embed(pic: img.Picture) -> bytes:
+    """The smallest exact PNG/WebP of the picture (the fallback when bits-back loses)."""
+    cands = []
+    im = pic.to_pil()
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    cands.append(buf.getvalue())
+    if pic.mode in ("RGB", "RGBA"):
+        buf = io.BytesIO()
+        im.save(buf, format="WEBP", lossless=True, quality=100, method=6, exact=True)
+        cands.append(buf.getvalue())
+    good = [c for c in sorted(cands, key=len) if _unembed(c, pic.mode, pic.width, pic.height).checksum()
+            == pic.checksum()]
+    if not good:
+        raise EncodeError(f"cannot store this {pic.mode} image exactly")
+    return good[0]
+
+
+def _unembed(data: bytes, mode: str, width: int, height: int) -> img.Picture:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format not in ("PNG", "WEBP") or im.size != (width, height):
+                raise DecodeError("embedded image does not match its header")
+            im.load()
+            if im.mode != mode:
+                if mode == "L" or im.format != "WEBP":
+                    raise DecodeError("embedded image does not match its header")
+                im = im.convert(mode)
+            return img.from_pil(im, max_pixels=0)
+    except (OSError, SyntaxError, ValueError, img.ImageError) as e:
+        raise DecodeError(f"corrupt embedded image ({e})") from None
+
+
+def _record(pic: img.Picture) -> fmt.ImageRecord:
+    rec = fmt.ImageRecord(pic.mode, pic.width, pic.height)
+    if pic.rgb is None:  # palette image the model cannot code through RGB
+        rec.method = fmt.METHOD_EMBED
+        rec.embedded = _embed(pic)
+        return rec
+    if pic.mode == "P":
+        rec.palette_mode, rec.palette, rec.transparency = pic.palette_mode, pic.palette, pic.transparency
+    if pic.alpha is not None:
+        rec.alpha = img.png_bytes(pic.alpha)
+    return rec
+
+
+def _jobs(pics: Sequence[img.Picture], recs: Sequence[fmt.ImageRecord], tile: int,
+          with_pixels: bool) -> tuple[list[TileJob], list[tuple[int, img.Tile]]]:
+    jobs, where = [], []
+    for i, rec in enumerate(recs):
+        if rec.method != fmt.METHOD_MODEL:
+            continue
+        grey = rec.mode in ("L", "LA")
+        shape = img.Picture(rec.mode, rec.height, rec.width, None)
+        for t in img.tile_grid(shape, tile, i):
+            src, coded = img.tile_maps(t, tile, grey)
+            px = img.tile_pixels(pics[i], t, tile) if with_pixels else None
+            jobs.append(TileJob(src, coded, px))
+            where.append((i, t))
+    return jobs, where
+
+
+def _stream_checksum(pics: Iterable[img.Picture]) -> bytes:
+    h = hashlib.sha256()
+    for p in pics:
+        h.update(p.checksum())
+    return h.digest()[:8]
+
+
+def _encode(pics: list[img.Picture], *, steps: int | None = None,
+            device: "str | torch.device | None" = None,
+            model: "str | os.PathLike | LoadedModel | None" = None, fallback: bool = True,
+            max_batch: int | None = None, progress: Callable[[int], None] | None = None,
+            names: Sequence[str] | None = None) -> tuple[bytes, EncodeStats]:
+    dev = pick_device(device)
+    lm = get_model(model, dev)
+    T = steps if steps is not None else default_steps(lm)
+    if not 1 <= T <= fmt.MAX_STEPS:
+        raise EncodeError(f"steps must be between 1 and {fmt.MAX_STEPS}")
+    spec = ChainSpec(steps=T)
+    tile = lm.config.tile
+    recs = [_record(p) for p in pics]
+    for rec, name in zip(recs, names or []):
+        rec.name = name
+    jobs, _ = _jobs(pics, recs, tile, True)
+    threads = torch.get_num_threads()
+    header = fmt.Header(lm.model_id, dev.type, spec.bf16, threads, env_tag(dev), T, spec.kappa,
+                        spec.window, spec.latent_delta, tile, recs, checksum=_stream_checksum(pics))
+    enc = Encoded(np.zeros(0, np.uint32), [], 0, 0, 0)
+    if jobs:
+        mb = max_batch or (256 if dev.type == "cuda" else 16)
+        with deterministic(dev, threads):
+            enc = encode_tiles(lm.model, spec, jobs, tile, dev, mb, progress)
+        header.plan, header.seed_words, header.stripped = enc.plan, enc.seed_words, enc.stripped
+    data = fmt.write(header, enc.payload)
+    subpixels = sum(p.array().size for p in pics)
+    stats = EncodeStats(len(data), subpixels, len(data) if jobs else None, False, enc.first_batch_bits,
+                        len(jobs), enc.plan)
+    if fallback and len(pics) == 1 and jobs:
+        emb = fmt.ImageRecord(pics[0].mode, pics[0].width, pics[0].height, fmt.METHOD_EMBED,
+                              embedded=_embed(pics[0]))
+        alt = fmt.write(fmt.Header(lm.model_id, dev.type, spec.bf16, threads, header.env_tag, T,
+                                   spec.kappa, spec.window, spec.latent_delta, tile, [emb],
+                                   checksum=header.checksum), np.zeros(0, np.uint32))
+        if len(alt) < len(data):
+            data = alt
+            stats.bytes, stats.embedded = len(alt), True
+    return data, stats
+
+
+def _load_all(images: Iterable[img.ImageLike], max_pixels: int | None) -> list[img.Picture]:
+    pics = [img.load(x, max_pixels) for x in images]
+    if not pics:
+        raise EncodeError("no images to encode")
+    return pics
+
+
+def compress(image: img.ImageLike, *, steps: int | None = None, device: "str | torch.device | None" = None,
+             model: "str | os.PathLike | LoadedModel | None" = None, fallback: bool = True,
+             max_batch: int | None = None, max_pixels: int | None = None,
+             progress: Callable[[int], None] | None = None) -> bytes:
+    """Encode one image (numpy uint8 HxW / HxWx3 / HxWx4, PIL image or path) to .mlc bytes.
+
+    With `fallback` (the default) a file stores an embedded PNG/WebP instead when
+    that is smaller: a lone small image cannot amortise bits-back's start-up cost.
+    """
+    return compress_with_stats(image, steps=steps, device=device, model=model, fallback=fallback,
+                               max_batch=max_batch, max_pixels=max_pixels, progress=progress)[0]
+
+
+def compress_with_stats(image: img.ImageLike, **kw: object) -> tuple[bytes, EncodeStats]:
+    """`compress`, also returning what the encode measured."""
+    max_pixels = kw.pop("max_pixels", None)
+    return _encode(_load_all([image], max_pixels), **kw)  # type: ignore[arg-type]
+
+
+def compress_many(images: Iterable[img.ImageLike], *, steps: int | None = None,
+                  device: "str | torch.device | None" = None,
+                  model: "str | os.PathLike | LoadedModel | None" = None, max_batch: int | None = None,
+                  max_pixels: int | None = None, names: Sequence[str] | None = None,
+                  progress: Callable[[int], None] | None = None) -> bytes:
+    """Encode many images into one stream: bits-back's start-up cost is paid once.
+
+    `names` (optional, one per image, no newlines) are stored so a decoder can
+    restore file names.
+    """
+    pics = _load_all(images, max_pixels)
+    if names is not None:
+        names = list(names)
+        if len(names) != len(pics) or any("\n" in n for n in names):
+            raise EncodeError("names must be one line per image")
+    return _encode(pics, steps=steps, device=device, model=model, fallback=False,
+                   max_batch=max_batch, progress=progress, names=names)[0]
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+def read_header(data: bytes, max_pixels: int | None = None) -> fmt.Header:
+    """The validated header of a file (no model needed)."""
+    return fmt.read(data, img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)[0]
+
+
+def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.PathLike | LoadedModel | None",
+            max_pixels: int | None, progress: Callable[[int], None] | None) -> list[img.Picture]:
+    limit = img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    h, payload = fmt.read(bytes(data), limit)
+    pics: list[img.Picture | None] = [None] * len(h.images)
+    for i, rec in enumerate(h.images):
+        if rec.method == fmt.METHOD_EMBED:
+            pics[i] = _unembed(rec.embedded, rec.mode, rec.width, rec.height)
+    jobs, where = _jobs([], h.images, h.tile, False)
+    if jobs:
+        if device is not None and torch.device(device).type != h.backend:
+            raise DecodeError(f"this file was encoded on {h.backend}; it decodes only on "
+                              f"{h.backend} (--device {h.backend}), not {torch.device(device).type}")
+        if h.backend == "cuda" and not torch.cuda.is_available():
+            raise DecodeError("this file was encoded on cuda and decodes only on a machine with CUDA "
+                              "(the model's float results differ between cpu and cuda)")
+        dev = torch.device(h.backend)
+        lm = get_model(model, dev)
+        if lm.model_id != h.model_id:
+            raise DecodeError(f"this file was made with model {h.model_id}, but the model in use is "
+                              f"{lm.model_id} ({lm.path}); pass --model / model= with the right one")
+        if lm.config.tile != h.tile:
+            raise DecodeError("tile size in the file does not match the model")
+        spec = ChainSpec(h.steps, h.kappa, h.window, h.latent_delta, h.bf16)
+        enc = Encoded(payload, h.plan, h.seed_words, h.stripped, 0)
+        try:
+            with deterministic(dev, h.threads):
+                tiles = decode_tiles(lm.model, spec, jobs, h.tile, dev, enc, progress)
+        except CodingError as e:
+            raise DecodeError(_with_env_hint(str(e), h, dev)) from None
+        canvases = {i: np.zeros((h.images[i].height, h.images[i].width, 3), np.uint8)
+                    for i in {w[0] for w in where}}
+        for (i, t), px in zip(where, tiles):
+            img.place_tile(canvases[i], t, px)
+        for i, rgb in canvases.items():
+            pics[i] = _assemble(h.images[i], rgb)
+    out = [p for p in pics if p is not None]
+    for p, rec in zip(out, h.images):
+        p.name = rec.name
+    if _stream_checksum(out) != h.checksum:
+        dev = torch.device(h.backend)
+        raise DecodeError(_with_env_hint("pixel checksum mismatch: refusing to return wrong pixels",
+                                         h, dev))
+    return out
+
+
+def _with_env_hint(msg: str, h: fmt.Header, dev: torch.device) -> str:
+    if h.env_tag != env_tag(dev):
+        return (msg + " (the file was encoded with a different torch version or CPU/GPU kind, "
+                "which changes the model's float results; decode it where it was encoded)")
+    return msg
+
+
+def _assemble(rec: fmt.ImageRecord, rgb: np.ndarray) -> img.Picture:
+    try:
+        alpha = img.png_plane(rec.alpha, rec.height, rec.width) if rec.mode in ("LA", "RGBA") else None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DecodeError(f"corrupt alpha plane ({e})") from None
+    if rec.mode in ("L", "LA"):
+        return img.Picture(rec.mode, rec.height, rec.width, rgb, alpha=alpha)
+    if rec.mode in ("RGB", "RGBA"):
+        return img.Picture(rec.mode, rec.height, rec.width, rgb, alpha=alpha)
+    first = img.first_index_of_colour(rec.palette, rec.palette_mode)
+    keys = rgb.astype(np.int64) @ np.array([65536, 256, 1])
+    uniq, inv = np.unique(keys, return_inverse=True)
+    try:
+        lut = np.array([first[k] for k in uniq.tolist()], dtype=np.uint8)
+    except KeyError:
+        raise DecodeError("decoded colour is not in the palette (corrupt file)") from None
+    idx = lut[inv.reshape(rgb.shape[:2])]
+    return img.Picture("P", rec.height, rec.width, rgb, indices=idx, palette=rec.palette,
+                       palette_mode=rec.palette_mode, transparency=rec.transparency)
+
+
+def decompress_pictures(data: bytes, *, device: "str | torch.device | None" = None,
+                        model: "str | os.PathLike | LoadedModel | None" = None,
+                        max_pixels: int | None = None,
+                        progress: Callable[[int], None] | None = None) -> list[img.Picture]:
+    """Every image of a file, with mode, palette and alpha (see image.Picture)."""
+    return _decode(data, device, model, max_pixels, progress)
+
+
+def _single(pics: list[img.Picture]) -> img.Picture:
+    if len(pics) != 1:
+        raise DecodeError(f"this file holds {len(pics)} images: use decompress_many")
+    return pics[0]
+
+
+def decompress(data: bytes, *, device: "str | torch.device | None" = None,
+               model: "str | os.PathLike | LoadedModel | None" = None,
+               max_pixels: int | None = None) -> np.ndarray:
+    """Decode a one-image file to a numpy array shaped like the input was (P: indices)."""
+    return _single(_decode(data, device, model, max_pixels, None)).array()
+
+
+def decompress_image(data: bytes, *, device: "str | torch.device | None" = None,
+                     model: "str | os.PathLike | LoadedModel | None" = None,
+                     max_pixels: int | None = None) -> Image.Image:
+    """Decode a one-image file to a PIL image with the original mode (and palette)."""
+    return _single(_decode(data, device, model, max_pixels, None)).to_pil()
+
+
+def decompress_many(data: bytes, *, device: "str | torch.device | None" = None,
+                    model: "str | os.PathLike | LoadedModel | None" = None,
+                    max_pixels: int | None = None) -> list[np.ndarray]:
+    """Decode every image of a stream, in order."""
+    return [p.array() for p in _decode(data, device, model, max_pixels, None)]
+
+
+__all__ = ["compress", "compress_many", "compress_with_stats", "decompress", "decompress_image",
+           "decompress_many", "decompress_pictures", "read_header", "DecodeError", "EncodeError",
+           "EncodeStats", "ModelFileError"]

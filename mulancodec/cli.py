@@ -1,0 +1,509 @@
+"""The `mulancodec` command line: encode, decode, info, demo, train, eval.
+
+Errors are one line on stderr and a documented exit code, never a traceback
+(set MULANCODEC_DEBUG=1 to see one). Outputs are written to a temporary file
+and renamed into place, so an interrupted or failed run leaves no partial file.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+from . import __version__
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPT = 0, 1, 2, 3, 4, 5, 130
+EXIT_CODES = """\b
+Exit codes:
+  0    success
+  1    internal error
+  2    bad command line
+  3    bad input (unreadable or unsupported image, corrupt or foreign .mlc file)
+  4    model problem (missing, unreadable, or not the model a file was made with)
+  5    output problem (exists without -f, cannot be written)
+  130  interrupted"""
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _classify(e: BaseException) -> int | None:
+    from .api import DecodeError, EncodeError
+    from .coding.codecs import CodingError
+    from .coding.container import FormatError
+    from .image import ImageError
+    from .weights import ModelFileError
+
+    if isinstance(e, ModelFileError):
+        return EXIT_MODEL
+    if isinstance(e, DecodeError) and "model" in str(e) and "made with" in str(e):
+        return EXIT_MODEL
+    if isinstance(e, (ImageError, FormatError, DecodeError, EncodeError, CodingError)):
+        return EXIT_INPUT
+    return None
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every failure into one line on stderr and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except CliError as e:
+            click.echo(f"mulancodec: error: {e}", err=True)
+            sys.exit(e.code)
+        except KeyboardInterrupt:
+            click.echo("mulancodec: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPT)
+        except Exception as e:  # noqa: BLE001 - the point is to never show a traceback
+            if os.environ.get("MULANCODEC_DEBUG"):
+                raise
+            code = _classify(e)
+            if code is None:
+                code = EXIT_OUTPUT if isinstance(e, OSError) else EXIT_ERROR
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            click.echo(f"mulancodec: error: {msg}", err=True)
+            sys.exit(code)
+
+    return wrapper
+
+
+# -- output helpers ---------------------------------------------------------------------
+
+def write_atomic(path: Path, data: bytes, force: bool) -> None:
+    """Write via a temporary file in the same folder, then rename into place."""
+    if path.exists() and not force:
+        raise CliError(f"{path} exists (use -f to overwrite)", EXIT_OUTPUT)
+    if path.is_dir():
+        raise CliError(f"{path} is a directory", EXIT_OUTPUT)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise CliError(f"cannot write to {parent} ({e.strerror})", EXIT_OUTPUT) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def emit(out: str, data: bytes, force: bool) -> None:
+    if out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_atomic(Path(out), data, force)
+
+
+def read_input(src: str) -> bytes:
+    if src == "-":
+        return sys.stdin.buffer.read()
+    p = Path(src)
+    if not p.is_file():
+        raise CliError(f"{src}: no such file", EXIT_INPUT)
+    return p.read_bytes()
+
+
+def _image_input(src: str) -> Any:
+    """A path, or the decoded stdin bytes as a PIL image."""
+    if src != "-":
+        return src
+    from PIL import Image
+
+    from .image import ImageError
+
+    data = sys.stdin.buffer.read()
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(f"stdin: cannot read image ({e})") from None
+    return im
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, quiet: bool, label: str) -> Iterator[Callable[[int], None] | None]:
+    if quiet or total <= 1 or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="tile", desc=label, file=sys.stderr, leave=False) as bar:
+        yield bar.update
+
+
+def _tiles(paths: list[Any], tile: int) -> int:
+    from PIL import Image
+
+    n = 0
+    for p in paths:
+        try:
+            size = p.size if hasattr(p, "size") else Image.open(p).size
+        except Exception:  # noqa: BLE001 - the encoder reports unreadable files itself
+            return 0
+        n += -(-size[0] // tile) * -(-size[1] // tile)
+    return n
+
+
+def _verbosity(quiet: bool, verbose: bool) -> int:
+    return -1 if quiet else (1 if verbose else 0)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.version_option(__version__, prog_name="mulancodec")
+def main() -> None:
+    """Lossless image compression with a MuLAN diffusion model and bits-back ANS coding.
+
+    \b
+      mulancodec encode photo.png -o photo.mlc
+      mulancodec decode photo.mlc -o photo.png
+      mulancodec encode --stream a.png b.png c.png -o set.mlc
+      mulancodec decode set.mlc -o outdir/
+    """
+
+
+_common_model = click.option("--model", "model_path", default=None,
+                             help="Model file or directory (default: the shipped model, or $MULANCODEC_MODEL).")
+_common_device = click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+                              help="Where the model runs (default: cuda if present). Decoding must use "
+                                   "the encoder's kind.")
+_common_quiet = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+_common_verbose = click.option("-v", "--verbose", is_flag=True, help="More detail on stderr.")
+_common_force = click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
+_common_pixels = click.option("--max-pixels", type=int, default=None,
+                              help="Refuse images (or files) with more pixels than this (default 2^28; "
+                                   "0 = no limit).")
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", default=None,
+              help="Output file, '-' for stdout, or a folder (ending in / or existing) for many inputs.")
+@click.option("--stream", is_flag=True, help="Put all inputs into one stream file (start-up cost paid once).")
+@click.option("--steps", type=click.IntRange(1, 100_000), default=None,
+              help="Diffusion steps T (default: the model's recommended T).")
+@click.option("--no-fallback", is_flag=True,
+              help="Always use bits-back, even when an embedded PNG/WebP would be smaller.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per output file.")
+@_common_model
+@_common_device
+@_common_force
+@_common_quiet
+@_common_verbose
+@_common_pixels
+@guarded
+def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int | None,
+           no_fallback: bool, as_json: bool, model_path: str | None, device: str | None, force: bool,
+           quiet: bool, verbose: bool, max_pixels: int | None) -> None:
+    """Compress images (PNG, TIFF, BMP, ... or '-' for stdin) to .mlc files."""
+    from .api import compress_with_stats, compress_many, get_model, pick_device
+
+    jobs: list[tuple[list[str], str]]
+    if stream:
+        if output is None:
+            raise click.UsageError("--stream needs -o FILE")
+        jobs = [(list(inputs), output)]
+    elif len(inputs) == 1:
+        src = inputs[0]
+        out = output or ("-" if src == "-" else str(Path(src).with_suffix(".mlc")))
+        if out != "-" and (out.endswith("/") or Path(out).is_dir()):
+            out = str(Path(out) / (Path(src).stem + ".mlc"))
+        jobs = [([src], out)]
+    else:
+        if output is None or output == "-":
+            outdir = None
+        else:
+            outdir = Path(output)
+            if not (output.endswith("/") or outdir.is_dir()):
+                raise click.UsageError("several inputs need -o FOLDER/ (or --stream -o FILE)")
+            outdir.mkdir(parents=True, exist_ok=True)
+        if "-" in inputs:
+            raise click.UsageError("'-' (stdin) can only be used as the only input")
+        jobs = [([s], str((outdir or Path(s).parent) / (Path(s).stem + ".mlc"))) for s in inputs]
+        if len({o for _, o in jobs}) != len(jobs):
+            raise click.UsageError("two inputs would write the same output name")
+    for _, out in jobs:
+        if out != "-" and Path(out).exists() and not force:
+            raise CliError(f"{out} exists (use -f to overwrite)", EXIT_OUTPUT)
+    dev = pick_device(device)
+    lm = get_model(model_path, dev)
+    for srcs, out in jobs:
+        images = [_image_input(s) for s in srcs]
+        with progress_bar(_tiles(images, lm.config.tile), quiet or as_json, "encode") as bar:
+            if stream:
+                names = [Path(s).name.replace("\n", " ") if s != "-" else "" for s in srcs]
+                data = compress_many(images, steps=steps, device=dev, model=lm, max_pixels=max_pixels,
+                                     names=names, progress=bar)
+                info = {"bytes": len(data), "images": len(images)}
+            else:
+                data, st = compress_with_stats(images[0], steps=steps, device=dev, model=lm,
+                                               fallback=not no_fallback, max_pixels=max_pixels,
+                                               progress=bar)
+                info = {"bytes": st.bytes, "bpd": round(st.bpd, 4), "embedded": st.embedded,
+                        "bits_back_bytes": st.bits_back_bytes, "tiles": st.tiles}
+        emit(out, data, force)
+        info = {"input": srcs[0] if len(srcs) == 1 else srcs, "output": out, **info}
+        if as_json:
+            click.echo(json.dumps(info), err=out == "-")
+        elif not quiet and out != "-":
+            extra = " (embedded PNG/WebP: smaller than bits-back here)" if info.get("embedded") else ""
+            click.echo(f"{info['input'] if len(srcs) == 1 else f'{len(srcs)} images'} -> {out}: "
+                       f"{info['bytes']:,} bytes{extra}", err=True)
+            if verbose and "bpd" in info:
+                click.echo(f"  {info['bpd']} bits per subpixel, {info['tiles']} tiles, "
+                           f"bits-back size {info['bits_back_bytes']}", err=True)
+
+
+def _save_image(pic: Any, out: str, force: bool, fmt: str | None) -> None:
+    im = pic.to_pil()
+    buf = io.BytesIO()
+    suffix = Path(out).suffix.lower() if out != "-" else ""
+    name = fmt or {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP",
+                   ".ppm": "PPM", ".pgm": "PPM", "": "PNG"}.get(suffix)
+    if name is None:
+        raise CliError(f"{out}: unknown image format '{suffix}' (use .png, .webp, .tif, .bmp, .ppm "
+                       "or --format)", EXIT_OUTPUT)
+    kw: dict[str, Any] = {"lossless": True, "exact": True} if name == "WEBP" else {}
+    if name == "PNG":
+        kw["optimize"] = False
+    try:
+        im.save(buf, format=name, **kw)
+    except (OSError, ValueError, KeyError) as e:
+        raise CliError(f"cannot save a {pic.mode} image as {name} ({e})", EXIT_OUTPUT) from None
+    emit(out, buf.getvalue(), force)
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("input")
+@click.option("-o", "--output", default=None,
+              help="Image file ('-' for stdout as PNG); a folder for a stream (default: beside the input).")
+@click.option("--format", "fmt", type=click.Choice(["PNG", "WEBP", "TIFF", "BMP", "PPM"]), default=None,
+              help="Image format (default: from the output's suffix, else PNG).")
+@_common_model
+@_common_device
+@_common_force
+@_common_quiet
+@_common_pixels
+@guarded
+def decode(input: str, output: str | None, fmt: str | None, model_path: str | None, device: str | None,
+           force: bool, quiet: bool, max_pixels: int | None) -> None:
+    """Decompress an .mlc file (or '-' for stdin) back to the exact original image(s)."""
+    from .api import decompress_pictures, read_header
+    from .coding.container import tiles_in
+
+    data = read_input(input)
+    h = read_header(data, max_pixels)
+    n = len(h.images)
+    if n == 1:
+        out = output or ("-" if input == "-" else str(Path(input).with_suffix(".png")))
+        if out != "-" and (out.endswith("/") or Path(out).is_dir()):
+            out = str(Path(out) / (Path(input).stem + ".png"))
+        targets = [out]
+    else:
+        if output is None or output == "-":
+            raise click.UsageError(f"{input} holds {n} images: give -o FOLDER/")
+        outdir = Path(output)
+        if outdir.exists() and not outdir.is_dir():
+            raise CliError(f"{output}: holds {n} images, so -o must be a folder", EXIT_OUTPUT)
+        ext = "." + (fmt or "PNG").lower().replace("tiff", "tif")
+        targets = []
+        for i, rec in enumerate(h.images):
+            base = Path(rec.name).stem if rec.name else f"{i:06d}"
+            targets.append(str(outdir / (base + ext)))
+        if len(set(targets)) != n:
+            targets = [str(outdir / f"{i:06d}{ext}") for i in range(n)]
+    for t in targets:
+        if t != "-" and Path(t).exists() and not force:
+            raise CliError(f"{t} exists (use -f to overwrite)", EXIT_OUTPUT)
+    with progress_bar(sum(tiles_in(r, h.tile) for r in h.images), quiet, "decode") as bar:
+        pics = decompress_pictures(data, device=device, model=model_path, max_pixels=max_pixels,
+                                   progress=bar)
+    if n > 1:
+        Path(output).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+    for pic, t in zip(pics, targets):
+        _save_image(pic, t, force, fmt)
+    if not quiet and targets != ["-"]:
+        click.echo(f"{input} -> {targets[0] if n == 1 else f'{n} images in {output}'}", err=True)
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("file")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_common_pixels
+@guarded
+def info(file: str, as_json: bool, max_pixels: int | None) -> None:
+    """Describe an .mlc file without decoding it."""
+    from .api import read_header
+    from .coding.container import METHOD_EMBED, VERSION, tiles_in
+
+    data = read_input(file)
+    h = read_header(data, max_pixels)
+    chans = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 1}
+    sub = sum(r.width * r.height * chans[r.mode] for r in h.images)
+    d = {
+        "file": file, "bytes": len(data), "format_version": VERSION, "model_id": h.model_id,
+        "backend": h.backend, "precision": "bf16" if h.bf16 else "fp32", "threads": h.threads,
+        "steps": h.steps, "tile": h.tile, "kappa": h.kappa, "images": len(h.images),
+        "bits_per_subpixel": round(8 * len(data) / sub, 4),
+        "batches": len(h.plan), "seed_words": h.seed_words,
+        "image_list": [{"name": r.name, "mode": r.mode, "width": r.width, "height": r.height,
+                        "method": "embedded" if r.method == METHOD_EMBED else "bits-back",
+                        "tiles": tiles_in(r, h.tile)} for r in h.images],
+    }
+    if as_json:
+        click.echo(json.dumps(d))
+        return
+    click.echo(f"{file}: mulancodec v{VERSION} file, {len(data):,} bytes, "
+               f"{d['bits_per_subpixel']} bits per subpixel")
+    click.echo(f"  model {h.model_id}, {h.backend} {d['precision']}, T={h.steps}, tile {h.tile}, "
+               f"{len(h.plan)} batches")
+    for r in d["image_list"][:20]:
+        name = f" {r['name']}" if r["name"] else ""
+        click.echo(f"  {r['mode']:4} {r['width']}x{r['height']} {r['method']}{name}")
+    if len(h.images) > 20:
+        click.echo(f"  ... and {len(h.images) - 20} more images")
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("image", required=False)
+@click.option("--steps", type=click.IntRange(1, 100_000), default=None, help="Diffusion steps T.")
+@_common_model
+@_common_device
+@guarded
+def demo(image: str | None, steps: int | None, model_path: str | None, device: str | None) -> None:
+    """Compress the built-in sample (or IMAGE), decode it, check it, compare with PNG and WebP."""
+    import time
+
+    import numpy as np
+
+    from .api import compress_with_stats, decompress_pictures, default_steps, get_model, pick_device
+    from .image import load
+    from .sample import landscape
+
+    src = image or "built-in sample (a 128x96 landscape painted by mulancodec/sample.py)"
+    pic = load(image if image else landscape())
+    dev = pick_device(device)
+    lm = get_model(model_path, dev)
+    click.echo(f"image: {src}, {pic.mode} {pic.width}x{pic.height}")
+    click.echo(f"model: {lm.model_id} ({lm.path.name}), device {dev}")
+    t0 = time.time()
+    data, st = compress_with_stats(pic.to_pil(), steps=steps, device=dev, model=lm, fallback=False)
+    t1 = time.time()
+    back = decompress_pictures(data, device=dev, model=lm)[0]
+    t2 = time.time()
+    exact = np.array_equal(back.array(), pic.array()) and back.mode == pic.mode
+    if not exact:
+        raise CliError("round trip was not exact", EXIT_ERROR)
+    sub = pic.array().size
+
+    def size(fmt: str, **kw: Any) -> int:
+        buf = io.BytesIO()
+        pic.to_pil().save(buf, format=fmt, **kw)
+        return len(buf.getvalue())
+
+    rows = [("mulancodec (bits-back)", len(data))]
+    rows.append(("PNG (optimize)", size("PNG", optimize=True)))
+    with contextlib.suppress(OSError, KeyError, ValueError):
+        if pic.mode in ("RGB", "RGBA"):
+            rows.append(("WebP lossless (method 6)", size("WEBP", lossless=True, quality=100, method=6)))
+    click.echo(f"round trip exact: yes (encode {t1 - t0:.1f}s, decode {t2 - t1:.1f}s, "
+               f"T={steps or default_steps(lm)})")
+    click.echo(f"{'codec':26} {'bytes':>8} {'bits/subpixel':>14}")
+    for name, n in rows:
+        click.echo(f"{name:26} {n:>8,} {8 * n / sub:>14.3f}")
+    if st.first_batch_bits:
+        click.echo(f"(bits-back start-up cost included above: {st.first_batch_bits:,} bits; "
+                   "it is paid once per file, so larger images and streams amortise it)")
+
+
+@main.command()
+@click.option("--data", "data", multiple=True, required=True,
+              help="Training images: .npz with array x (N,H,W,3), a folder, or a glob. Repeatable.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
+@click.option("--config", default=None, help="Config name (tiny, small, base, large, ...) or JSON file.")
+@click.option("--max-steps", type=int, default=None, help="Stop at this total step count.")
+@click.option("--minutes", type=float, default=None, help="Stop after this many minutes of this run.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--eval-data", multiple=True, help="Test images for periodic EMA test bpd.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (long runs on GPU).")
+def train(data: tuple[str, ...], out: Path, config: str | None, max_steps: int | None,
+          minutes: float | None, resume: bool, eval_data: tuple[str, ...], device: str | None,
+          compile_: bool) -> None:
+    """Train (or resume) a MuLAN model; works under torchrun for several GPUs."""
+    from .train import TrainArgs, train as run
+
+    try:
+        code = run(TrainArgs(list(data), out, config, max_steps, minutes, resume, list(eval_data),
+                             device, compile_))
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    sys.exit(code)
+
+
+@main.command("eval")
+@click.option("--data", "data", multiple=True, required=True, help="Images (.npz, folder, glob).")
+@click.option("--model", "model_path", default=None, help="Model file or run directory (default: shipped).")
+@click.option("--limit", type=int, default=None, help="Use only the first N images.")
+@click.option("--steps", type=int, default=None, help="T for the discrete-time bound (default: model's).")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda if present).")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--repeats", type=int, default=1, show_default=True, help="Samples per image.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@guarded
+def eval_cmd(data: tuple[str, ...], model_path: str | None, limit: int | None, steps: int | None,
+             device: str | None, batch_size: int, repeats: int, seed: int, as_json: bool) -> None:
+    """The model's -ELBO in bits per dimension (continuous and discrete time)."""
+    import torch
+
+    from .data import load_tiles
+    from .evaluate import evaluate
+    from .weights import load_model
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lm = load_model(model_path, dev)
+    try:
+        images = load_tiles(list(data), lm.config.tile, limit)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e), EXIT_INPUT) from None
+    T = steps if steps is not None else int(lm.meta.get("default_steps", 100))
+    from tqdm import tqdm
+
+    with tqdm(total=len(images) * repeats, unit="img", disable=as_json or not sys.stderr.isatty(),
+              file=sys.stderr, leave=False) as bar:
+        res = evaluate(lm.model, images, T, batch_size, dev, seed, repeats, bar)
+    res.update({"model_id": lm.model_id, "model": str(lm.path), "device": str(dev)})
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    click.echo(f"model {lm.model_id} ({lm.path}) on {res['n_images']} images, device {dev}")
+    click.echo(f"  -ELBO continuous : {res['bpd']:.4f} bpd  (95% CI {res['bpd_ci95'][0]:.4f}"
+               f"..{res['bpd_ci95'][1]:.4f})")
+    click.echo(f"  -ELBO at T={T:<5}: {res['bpd_T']:.4f} bpd")
+    click.echo(f"  terms: diffusion {res['diffusion']:.4f}, reconstruction {res['recon']:.4f}, "
+               f"prior {res['prior']:.5f}, latent {res['latent']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""The .mlc container: write, read and validate (specified in docs/format.md).
+
+The reader checks every field against hard bounds and against the bytes that
+are actually present before it allocates anything, so a hostile file can only
+produce a `FormatError`, never a huge allocation.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAGIC = b"\x89MLC"
+VERSION = 1
+MODES = ("L", "LA", "RGB", "RGBA", "P")
+BACKENDS = ("cpu", "cuda")
+METHOD_MODEL, METHOD_EMBED = 0, 1
+MAX_SIDE = 65535
+MAX_IMAGES = 1 << 24
+MAX_STEPS = 100_000
+MAX_TILE = 1024
+MAX_SEED_WORDS = 1 << 26
+MAX_BATCHES = 1 << 24
+MAX_TILES = 1 << 26
+
+
+class FormatError(Exception):
+    """The bytes are not a valid .mlc file (or not one this version can read)."""
+
+
+@dataclass
+class ImageRecord:
+    mode: str
+    width: int
+    height: int
+    method: int = METHOD_MODEL
+    palette_mode: str = "RGB"
+    palette: bytes = b""
+    transparency: int | bytes | None = None
+    alpha: bytes = b""  # PNG of the alpha plane (LA, RGBA)
+    embedded: bytes = b""  # METHOD_EMBED: the whole image as PNG or WebP
+    name: str = ""  # optional (streams made from files keep their names)
+
+
+@dataclass
+class Header:
+    model_id: str  # 16 hex digits
+    backend: str  # "cpu" | "cuda"
+    bf16: bool
+    threads: int
+    env_tag: int  # CRC-32 of the numerics environment (torch version, device kind)
+    steps: int
+    kappa: float
+    window: float
+    latent_delta: float
+    tile: int
+    images: list[ImageRecord] = field(default_factory=list)
+    plan: list[int] = field(default_factory=list)
+    seed_words: int = 0
+    stripped: int = 0
+    checksum: bytes = b"\0" * 8
+
+
+# -- primitives -------------------------------------------------------------------------
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError("varints are unsigned")
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _blob(b: bytes) -> bytes:
+    return _varint(len(b)) + b
+
+
+class _Reader:
+    def __init__(self, data: bytes | memoryview, what: str) -> None:
+        self.d = memoryview(data)
+        self.p = 0
+        self.what = what
+
+    def left(self) -> int:
+        return len(self.d) - self.p
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or n > self.left():
+            raise FormatError(f"truncated {self.what}")
+        b = bytes(self.d[self.p:self.p + n])
+        self.p += n
+        return b
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def varint(self, limit: int, name: str) -> int:
+        n, shift = 0, 0
+        for _ in range(10):
+            b = self.u8()
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if n > limit:
+                    raise FormatError(f"{name} = {n} is out of range (max {limit})")
+                return n
+            shift += 7
+        raise FormatError(f"bad varint for {name}")
+
+    def f32(self, lo: float, hi: float, name: str) -> float:
+        (v,) = struct.unpack("<f", self.take(4))
+        if not (lo <= v <= hi):
+            raise FormatError(f"{name} = {v} is out of range")
+        return v
+
+    def blob(self, limit: int, name: str) -> bytes:
+        n = self.varint(limit, name + " length")
+        if n > self.left():
+            raise FormatError(f"truncated {self.what} ({name})")
+        return self.take(n)
+
+
+# -- writer -----------------------------------------------------------------------------
+
+def _image_bytes(r: ImageRecord) -> bytes:
+    out = bytearray([MODES.index(r.mode), r.method])
+    out += _varint(r.width) + _varint(r.height)
+    if r.method == METHOD_EMBED:
+        out += _blob(r.embedded)
+        return bytes(out)
+    if r.mode == "P":
+        out.append(0 if r.palette_mode == "RGB" else 1)
+        out += _blob(r.palette)
+        t = r.transparency
+        if t is None:
+            out.append(0)
+        elif isinstance(t, int):
+            out.append(1)
+            out += _varint(t)
+        else:
+            out.append(2)
+            out += _blob(t)
+    if r.mode in ("LA", "RGBA"):
+        out += _blob(r.alpha)
+    return bytes(out)
+
+
+def _plan_bytes(plan: list[int]) -> bytes:
+    runs: list[tuple[int, int]] = []
+    for b in plan:
+        if runs and runs[-1][0] == b:
+            runs[-1] = (b, runs[-1][1] + 1)
+        else:
+            runs.append((b, 1))
+    out = bytearray(_varint(len(runs)))
+    for b, n in runs:
+        out += _varint(b) + _varint(n)
+    return bytes(out)
+
+
+def write(h: Header, payload: np.ndarray) -> bytes:
+    """Serialise a header and the ANS words (uint32, bottom of the stack first)."""
+    hb = bytearray()
+    hb += bytes.fromhex(h.model_id)
+    hb += bytes([BACKENDS.index(h.backend), int(h.bf16)])
+    hb += _varint(h.threads) + struct.pack("<I", h.env_tag)
+    hb += _varint(h.steps) + struct.pack("<fff", h.kappa, h.window, h.latent_delta)
+    hb += _varint(h.tile) + _varint(len(h.images))
+    for r in h.images:
+        hb += _image_bytes(r)
+    names = [r.name for r in h.images]
+    hb += _blob("\n".join(names).encode() if any(names) else b"")
+    hb += _plan_bytes(h.plan)
+    hb += _varint(h.seed_words) + _varint(h.stripped) + h.checksum
+    head = MAGIC + bytes([VERSION]) + _varint(len(hb)) + bytes(hb)
+    body = payload.astype("<u4").tobytes()
+    return (head + struct.pack("<I", zlib.crc32(head)) + _varint(len(body)) + body
+            + struct.pack("<I", zlib.crc32(body)))
+
+
+# -- reader -----------------------------------------------------------------------------
+
+def _read_image(r: _Reader, max_bytes: int) -> ImageRecord:
+    mode_i = r.u8()
+    if mode_i >= len(MODES):
+        raise FormatError(f"unknown image mode {mode_i}")
+    method = r.u8()
+    if method not in (METHOD_MODEL, METHOD_EMBED):
+        raise FormatError(f"unknown coding method {method}")
+    rec = ImageRecord(MODES[mode_i], r.varint(MAX_SIDE, "width"), r.varint(MAX_SIDE, "height"), method)
+    if rec.width < 1 or rec.height < 1:
+        raise FormatError("image has zero size")
+    if method == METHOD_EMBED:
+        rec.embedded = r.blob(max_bytes, "embedded image")
+        return rec
+    if rec.mode == "P":
+        pm = r.u8()
+        if pm > 1:
+            raise FormatError("bad palette mode")
+        rec.palette_mode = ("RGB", "RGBA")[pm]
+        rec.palette = r.blob(1024, "palette")
+        if len(rec.palette) % len(rec.palette_mode):
+            raise FormatError("palette length does not fit its mode")
+        kind = r.u8()
+        if kind == 1:
+            rec.transparency = r.varint(255, "transparency index")
+        elif kind == 2:
+            rec.transparency = r.blob(256, "transparency table")
+        elif kind != 0:
+            raise FormatError("bad transparency kind")
+    if rec.mode in ("LA", "RGBA"):
+        rec.alpha = r.blob(max_bytes, "alpha plane")
+    return rec
+
+
+def tiles_in(rec: ImageRecord, tile: int) -> int:
+    """Tiles the model codes for this image (0 when it is embedded)."""
+    if rec.method != METHOD_MODEL:
+        return 0
+    return -(-rec.height // tile) * -(-rec.width // tile)
+
+
+def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray]:
+    """Parse and validate a whole file; returns the header and the ANS words."""
+    if len(data) < 4 or data[:4] != MAGIC:
+        raise FormatError("not a mulancodec file (bad magic bytes)")
+    r = _Reader(data, "file")
+    r.take(4)
+    version = r.u8()
+    if version != VERSION:
+        raise FormatError(f"format version {version} is not supported by this mulancodec "
+                          f"(it reads version {VERSION}); upgrade mulancodec")
+    hlen = r.varint(1 << 40, "header length")
+    if hlen > r.left():
+        raise FormatError("truncated file (the header is cut off)")
+    hb = r.take(hlen)
+    head_end = r.p
+    (crc,) = struct.unpack("<I", r.take(4))
+    if zlib.crc32(bytes(memoryview(data)[:head_end])) != crc:
+        raise FormatError("header checksum mismatch (the file is corrupt)")
+    h = _parse_header(_Reader(hb, "header"), len(data), max_pixels)
+    blen = r.varint(1 << 40, "payload length")
+    if blen + 4 > r.left():
+        raise FormatError("truncated file (the payload is cut off)")
+    if blen % 4:
+        raise FormatError("payload length is not a whole number of words")
+    body = r.take(blen)
+    (bcrc,) = struct.unpack("<I", r.take(4))
+    if zlib.crc32(body) != bcrc:
+        raise FormatError("payload checksum mismatch (the file is corrupt)")
+    if r.left():
+        raise FormatError(f"{r.left()} bytes of trailing data after the payload")
+    return h, np.frombuffer(body, dtype="<u4").astype(np.uint32)
+
+
+def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
+    model_id = r.take(8).hex()
+    backend_i = r.u8()
+    if backend_i >= len(BACKENDS):
+        raise FormatError(f"unknown backend {backend_i}")
+    bf16 = r.u8()
+    if bf16 > 1:
+        raise FormatError("bad precision flag")
+    threads = r.varint(4096, "threads")
+    (env_tag,) = struct.unpack("<I", r.take(4))
+    steps = r.varint(MAX_STEPS, "steps")
+    if steps < 1:
+        raise FormatError("steps must be at least 1")
+    kappa = r.f32(1e-3, 64.0, "kappa")
+    window = r.f32(1.0, 1e3, "window")
+    latent_delta = r.f32(1e-6, 1.0, "latent grid")
+    tile = r.varint(MAX_TILE, "tile size")
+    if tile < 1:
+        raise FormatError("tile size must be positive")
+    n = r.varint(min(MAX_IMAGES, file_len // 4), "image count")
+    if n < 1:
+        raise FormatError("file holds no image")
+    h = Header(model_id, BACKENDS[backend_i], bool(bf16), threads, env_tag, steps, kappa, window,
+               latent_delta, tile)
+    total_px = 0
+    for _ in range(n):
+        rec = _read_image(r, file_len)
+        total_px += rec.width * rec.height
+        if max_pixels and total_px > max_pixels:
+            raise FormatError(f"the file's images hold more than {max_pixels:,} pixels "
+                              "(decompression bomb limit; raise it with max_pixels / --max-pixels)")
+        h.images.append(rec)
+    names = r.blob(1 << 24, "names")
+    if names:
+        try:
+            parts = names.decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            raise FormatError("image names are not UTF-8") from None
+        if len(parts) != n:
+            raise FormatError("image names do not match the image count")
+        for rec, name in zip(h.images, parts):
+            rec.name = name
+    n_runs = r.varint(MAX_BATCHES, "plan length")
+    if n_runs > r.left() // 2:
+        raise FormatError("truncated batch plan")
+    plan_total = 0
+    runs = []
+    for _ in range(n_runs):
+        b = r.varint(MAX_BATCHES, "batch size")
+        k = r.varint(MAX_BATCHES, "batch repeat")
+        if b < 1 or k < 1:
+            raise FormatError("empty batch in plan")
+        plan_total += b * k
+        if plan_total > MAX_TILES:
+            raise FormatError("batch plan too long")
+        runs.append((b, k))
+    needed = sum(tiles_in(rec, tile) for rec in h.images)
+    if plan_total != needed:
+        raise FormatError(f"batch plan covers {plan_total} tiles, the images have {needed}")
+    h.plan = [b for b, k in runs for _ in range(k)]
+    h.seed_words = r.varint(MAX_SEED_WORDS, "seed length")
+    h.stripped = r.varint(h.seed_words + 1, "stripped seed words")
+    if needed and h.seed_words < 1:
+        raise FormatError("missing seed")
+    h.checksum = r.take(8)
+    if r.left():
+        raise FormatError("unexpected bytes at the end of the header")
+    return h

@@ -1,0 +1,248 @@
+"""Images as the codec sees them: modes, canonical pixels, tiles and checksums.
+
+An input image (numpy array, PIL image or path) becomes a `Picture`: the RGB
+planes the model codes (grey replicated to three channels), plus whatever the
+model does not code (alpha, a palette). Tiles carry a per-subpixel index map:
+padding and grey replication are copies of coded subpixels, so only real
+subpixels are ever coded.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image
+
+SUPPORTED_MODES = ("L", "LA", "RGB", "RGBA", "P")
+MAX_SIDE = 65535
+DEFAULT_MAX_PIXELS = 2 ** 28  # like Pillow's bomb limit, overridable per call
+
+ImageLike = Union[np.ndarray, Image.Image, str, os.PathLike]
+
+
+class ImageError(ValueError):
+    """The input is not an image mulancodec can code."""
+
+
+@dataclass
+class Picture:
+    """One image in canonical form."""
+
+    mode: str
+    height: int
+    width: int
+    rgb: np.ndarray | None  # (H, W, 3) uint8 coded by the model; None if the model codes nothing
+    alpha: np.ndarray | None = None  # (H, W) uint8 for LA / RGBA
+    indices: np.ndarray | None = None  # (H, W) uint8 for P
+    palette: bytes = b""  # P: raw palette in `palette_mode`
+    palette_mode: str = "RGB"
+    transparency: int | bytes | None = None  # P: Pillow's info["transparency"]
+    name: str = ""  # a stream's stored file name, if any
+
+    @property
+    def grey(self) -> bool:
+        return self.mode in ("L", "LA")
+
+    def array(self) -> np.ndarray:
+        """The pixels as the user gave them: (H,W) for L and P, (H,W,C) otherwise."""
+        if self.mode == "P":
+            assert self.indices is not None
+            return self.indices
+        assert self.rgb is not None
+        base = self.rgb[..., :1] if self.grey else self.rgb
+        if self.alpha is not None:
+            base = np.concatenate([base, self.alpha[..., None]], axis=2)
+        return base[..., 0] if self.mode == "L" else base
+
+    def to_pil(self) -> Image.Image:
+        if self.mode == "P":
+            im = Image.fromarray(self.array(), "P")
+            im.putpalette(self.palette, self.palette_mode)
+            if self.transparency is not None:
+                im.info["transparency"] = self.transparency
+            return im
+        return Image.fromarray(self.array(), self.mode)
+
+    def checksum(self) -> bytes:
+        """SHA-256 of everything the user gets back: mode, size, pixels, palette."""
+        h = hashlib.sha256()
+        h.update(f"{self.mode}:{self.width}x{self.height}:".encode())
+        h.update(np.ascontiguousarray(self.array()).tobytes())
+        if self.mode == "P":
+            h.update(self.palette_mode.encode() + self.palette)
+            t = self.transparency
+            h.update(b"T" + (t if isinstance(t, bytes) else str(t).encode()))
+        return h.digest()
+
+
+def _check_size(h: int, w: int, max_pixels: int | None) -> None:
+    if h < 1 or w < 1:
+        raise ImageError(f"image has zero size ({w}x{h})")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise ImageError(f"image is {w}x{h}; sides above {MAX_SIDE} are not supported")
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if limit and h * w > limit:
+        raise ImageError(f"image has {h * w:,} pixels, over the limit of {limit:,} "
+                         "(raise it with max_pixels / --max-pixels)")
+
+
+def from_array(a: np.ndarray, max_pixels: int | None = None) -> Picture:
+    if not isinstance(a, np.ndarray):
+        raise ImageError(f"expected a numpy array, got {type(a).__name__}")
+    if a.dtype != np.uint8:
+        raise ImageError(f"pixels must be uint8, got {a.dtype} (16-bit and float images are not supported)")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        _check_size(*a.shape, max_pixels)
+        return Picture("L", a.shape[0], a.shape[1], np.repeat(a[..., None], 3, axis=2))
+    if a.ndim != 3 or a.shape[2] not in (2, 3, 4):
+        raise ImageError(f"array shape {a.shape} is not HxW, HxWx2, HxWx3 or HxWx4")
+    h, w, ch = a.shape
+    _check_size(h, w, max_pixels)
+    a = np.ascontiguousarray(a)
+    if ch == 2:
+        return Picture("LA", h, w, np.repeat(a[..., :1], 3, axis=2), alpha=a[..., 1].copy())
+    if ch == 3:
+        return Picture("RGB", h, w, a.copy())
+    return Picture("RGBA", h, w, a[..., :3].copy(), alpha=a[..., 3].copy())
+
+
+def from_pil(im: Image.Image, max_pixels: int | None = None) -> Picture:
+    if im.mode not in SUPPORTED_MODES:
+        raise ImageError(f"unsupported image mode {im.mode!r} (supported: {', '.join(SUPPORTED_MODES)})")
+    w, h = im.size
+    _check_size(h, w, max_pixels)
+    if im.mode != "P":
+        return from_array(np.asarray(im), max_pixels)
+    idx = np.array(im, dtype=np.uint8)
+    pmode = im.palette.mode if im.palette is not None else "RGB"
+    if pmode not in ("RGB", "RGBA"):
+        raise ImageError(f"unsupported palette mode {pmode!r}")
+    palette = bytes(im.getpalette(pmode) or b"")
+    trans = im.info.get("transparency")
+    if trans is not None and not isinstance(trans, (int, bytes)):
+        raise ImageError("unsupported palette transparency")
+    pic = Picture("P", h, w, None, indices=idx, palette=palette, palette_mode=pmode,
+                  transparency=trans)
+    step = len(pmode)
+    n = len(palette) // step
+    if n and int(idx.max()) < n:
+        first = first_index_of_colour(palette, pmode)
+        colours = np.frombuffer(palette, np.uint8).reshape(n, step)[:, :3]
+        used = np.unique(idx)
+        # Code palette images through RGB when every used index is the first one
+        # with its colour, so the decoder maps colours back to the same indices.
+        keys = (colours[used].astype(np.int64) @ np.array([65536, 256, 1]))
+        if all(first[k] == u for k, u in zip(keys.tolist(), used.tolist())):
+            pic.rgb = colours[idx]
+    return pic
+
+
+def first_index_of_colour(palette: bytes, palette_mode: str) -> dict[int, int]:
+    """24-bit RGB colour -> the lowest palette index with that colour."""
+    step = len(palette_mode)
+    colours = np.frombuffer(palette, np.uint8).reshape(-1, step)[:, :3].astype(np.int64)
+    keys = colours @ np.array([65536, 256, 1])
+    out: dict[int, int] = {}
+    for i, k in enumerate(keys.tolist()):
+        out.setdefault(k, i)
+    return out
+
+
+def load(image: ImageLike, max_pixels: int | None = None) -> Picture:
+    """Any supported input to a Picture, with a clear ImageError for everything else."""
+    if isinstance(image, np.ndarray):
+        return from_array(image, max_pixels)
+    if isinstance(image, Image.Image):
+        return from_pil(image, max_pixels)
+    if isinstance(image, (str, os.PathLike)):
+        p = Path(image)
+        if not p.is_file():
+            raise ImageError(f"{p}: no such file")
+        old = Image.MAX_IMAGE_PIXELS
+        try:
+            Image.MAX_IMAGE_PIXELS = None  # our own limit applies below
+            with Image.open(p) as im:
+                if getattr(im, "n_frames", 1) > 1:
+                    raise ImageError(f"{p}: animated or multi-page images are not supported")
+                w, h = im.size
+                _check_size(h, w, max_pixels)
+                im.load()
+                return from_pil(im, max_pixels)
+        except ImageError:
+            raise
+        except (OSError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
+            raise ImageError(f"{p}: cannot read image ({e})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    raise ImageError(f"cannot code an object of type {type(image).__name__}")
+
+
+def png_bytes(plane: np.ndarray) -> bytes:
+    """A greyscale plane as PNG: the side channel for alpha and for palette indices."""
+    buf = io.BytesIO()
+    Image.fromarray(plane, "L").save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def png_plane(data: bytes, height: int, width: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        if im.format != "PNG" or im.mode != "L" or im.size != (width, height):
+            raise ValueError("side plane does not match the header")
+        return np.asarray(im).copy()
+
+
+# -- tiles ----------------------------------------------------------------------------
+
+@dataclass
+class Tile:
+    """One tile of one picture: where it sits and which subpixels are coded."""
+
+    picture: int  # index of the picture in the batch of pictures
+    top: int
+    left: int
+    h: int  # valid rows
+    w: int  # valid columns
+
+
+def tile_grid(pic: Picture, size: int, index: int) -> list[Tile]:
+    out = []
+    for top in range(0, pic.height, size):
+        for left in range(0, pic.width, size):
+            out.append(Tile(index, top, left, min(size, pic.height - top), min(size, pic.width - left)))
+    return out
+
+
+def tile_maps(tile: Tile, size: int, grey: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(source index, coded mask) over the 3 x size x size subpixels of a tile.
+
+    Every subpixel copies its source; only subpixels that are their own source
+    are coded. Padding copies the nearest valid pixel; grey copies channel 0.
+    """
+    ys = np.minimum(np.arange(size), tile.h - 1)
+    xs = np.minimum(np.arange(size), tile.w - 1)
+    spatial = ys[:, None] * size + xs[None, :]
+    chans = np.zeros(3, np.int64) if grey else np.arange(3)
+    src = chans[:, None, None] * size * size + spatial[None]
+    coded = src == np.arange(3 * size * size).reshape(3, size, size)
+    return src.reshape(-1), coded.reshape(-1)
+
+
+def tile_pixels(pic: Picture, tile: Tile, size: int) -> np.ndarray:
+    """The tile's (3, size, size) uint8 pixels, padded by replication."""
+    assert pic.rgb is not None
+    ys = tile.top + np.minimum(np.arange(size), tile.h - 1)
+    xs = tile.left + np.minimum(np.arange(size), tile.w - 1)
+    return np.ascontiguousarray(pic.rgb[ys[:, None], xs[None, :]].transpose(2, 0, 1))
+
+
+def place_tile(rgb: np.ndarray, tile: Tile, pixels: np.ndarray) -> None:
+    """Write a decoded (3, size, size) tile back into an (H, W, 3) canvas."""
+    rgb[tile.top:tile.top + tile.h, tile.left:tile.left + tile.w] = \
+        pixels[:, :tile.h, :tile.w].transpose(1, 2, 0)

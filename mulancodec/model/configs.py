@@ -1,0 +1,178 @@
+"""Named model and training configurations, as plain data.
+
+A config is everything needed to rebuild a model (``ModelConfig``) and to train
+it (``TrainConfig``). Both round-trip through JSON so a checkpoint carries its
+own recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a MuLAN model; every field changes the weights' meaning."""
+
+    channels: int = 3
+    tile: int = 32  # training tile size; the nets run on any multiple of `multiple_of()`
+    gamma_min: float = -13.3
+    gamma_max: float = 5.0
+    # schedule: "mulan" (per-subpixel, conditioned on c), "scalar" (learned, shared), "linear"
+    schedule: str = "mulan"
+    schedule_width: int = 32
+    schedule_eps: float = 1e-4  # f(t) += eps * t keeps the schedule strictly increasing
+    # auxiliary latent c: `latent_channels` x (H/f) x (W/f) Gaussian; 0 disables it
+    latent_channels: int = 4
+    latent_factor: int = 8
+    latent_width: int = 32
+    latent_std_min: float = 0.02
+    # denoiser U-Net
+    width: int = 32
+    mults: tuple[int, ...] = (1, 2, 2)
+    blocks: int = 2
+    attn_res: tuple[int, ...] = (8,)  # resolutions (for a 32-pixel tile) with attention
+    dropout: float = 0.0
+    fourier_powers: tuple[int, ...] = (6, 7)
+
+    def multiple_of(self) -> int:
+        """Tile sides must be a multiple of this for the nets to run."""
+        down = 2 ** (len(self.mults) - 1)
+        return max(down, self.latent_factor if self.latent_channels else 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        d = dict(d)
+        for k in ("mults", "attn_res", "fourier_powers"):
+            if k in d:
+                d[k] = tuple(d[k])
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.schedule not in ("mulan", "scalar", "linear"):
+            raise ValueError(f"schedule must be mulan, scalar or linear, not {self.schedule!r}")
+        if not self.gamma_min < self.gamma_max:
+            raise ValueError("gamma_min must be below gamma_max")
+        if self.latent_channels < 0 or self.latent_factor < 1:
+            raise ValueError("bad latent shape")
+        if self.latent_factor & (self.latent_factor - 1):
+            raise ValueError("latent_factor must be a power of two")
+        if self.tile % self.multiple_of():
+            raise ValueError(f"tile {self.tile} is not a multiple of {self.multiple_of()}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation recipe; changing it never changes how a model is evaluated."""
+
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0  # 0 disables clipping
+    flip: bool = True
+    loss_steps: int = 0  # 0: continuous-time diffusion loss; T > 0: discrete-time loss at T
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int = 1000
+    eval_images: int = 500
+    checkpoint_minutes: float = 5.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown train config fields: {sorted(unknown)}")
+        d = dict(d)
+        if "adam_betas" in d:
+            d["adam_betas"] = tuple(d["adam_betas"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model.to_dict(), "train": self.train.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        return cls(
+            name=str(d.get("name", "custom")),
+            model=ModelConfig.from_dict(d.get("model", {})),
+            train=TrainConfig.from_dict(d.get("train", {})),
+        )
+
+
+def _tiny_model(**kw: Any) -> ModelConfig:
+    base = dict(tile=16, width=8, mults=(1, 2), blocks=1, attn_res=(), schedule_width=8,
+                latent_channels=2, latent_factor=8, latent_width=8, fourier_powers=(7,))
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+_TINY_TRAIN = TrainConfig(batch_size=16, lr=2e-3, warmup_steps=5, ema_decay=0.9, log_every=5,
+                          eval_every=20, eval_images=32, checkpoint_minutes=1.0)
+
+CONFIGS: dict[str, Config] = {
+    # Tests and smoke runs: trains on a CPU in seconds.
+    "tiny": Config("tiny", _tiny_model(), _TINY_TRAIN),
+    # The three ablations of the issue, at tiny size.
+    "tiny-scalar": Config("tiny-scalar", _tiny_model(schedule="scalar"), _TINY_TRAIN),
+    "tiny-nolatent": Config("tiny-nolatent", _tiny_model(latent_channels=0), _TINY_TRAIN),
+    "tiny-linear": Config("tiny-linear", _tiny_model(schedule="linear", latent_channels=0), _TINY_TRAIN),
+    # CPU-trainable and CPU-codable: the interim shipped model when no GPU is lent.
+    "small": Config(
+        "small",
+        ModelConfig(width=32, mults=(1, 2, 2), blocks=1, attn_res=(8,), latent_channels=4,
+                    schedule_width=16, latent_width=16),
+        TrainConfig(batch_size=32, lr=1e-3, warmup_steps=200, ema_decay=0.999, log_every=25,
+                    eval_every=500, eval_images=500),
+    ),
+    # GPU configs (downsampling U-Nets, cheap per step; see facts.md for measured throughput).
+    "base": Config(
+        "base",
+        ModelConfig(width=64, mults=(1, 2, 2), blocks=2, attn_res=(16,), latent_channels=4),
+        TrainConfig(batch_size=128, lr=5e-4, warmup_steps=200, ema_decay=0.9995, log_every=100,
+                    eval_every=1000, eval_images=2000),
+    ),
+    "large": Config(
+        "large",
+        ModelConfig(width=128, mults=(1, 2, 2), blocks=2, attn_res=(16,), latent_channels=4,
+                    dropout=0.1),
+        TrainConfig(batch_size=128, lr=5e-4, warmup_steps=200, ema_decay=0.9999, log_every=100,
+                    eval_every=1000, eval_images=2000),
+    ),
+}
+
+
+def load_config(name_or_path: str) -> Config:
+    """A named config, or a JSON file with the same shape as ``Config.to_dict()``."""
+    if name_or_path in CONFIGS:
+        return CONFIGS[name_or_path]
+    p = Path(name_or_path)
+    if not p.is_file():
+        raise ValueError(f"no config named {name_or_path!r} (known: {', '.join(CONFIGS)}) "
+                         "and no such JSON file")
+    return Config.from_dict(json.loads(p.read_text()))

@@ -1,0 +1,197 @@
+"""MuLAN: a VDM with a learned, per-subpixel noise schedule conditioned on a latent c.
+
+Everything here is per subpixel. Data x in {0..255} maps to x~ = 2(x+0.5)/256 - 1;
+q(z_t | x, c) = N(alpha_t x~, sigma_t^2) with alpha^2 = sigmoid(-gamma),
+sigma^2 = sigmoid(gamma), gamma = gamma(c, t).
+
+The per-step Gaussians (`forward_step`, `reverse_step`, `data_posterior`,
+`decoder_params`) are the single source for both the discrete-time loss and
+the codec, so the coder's expected size is the loss by construction.
+All sizes are reported in bits per dimension (bpd).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .configs import ModelConfig
+from .denoiser import UNet
+from .latent import LatentEncoder, std_normal_kl
+from .schedule import Schedule, ScheduleNet
+
+LN2 = math.log(2.0)
+BINS = 256
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """uint8-valued pixels to bin centres in [-1, 1]."""
+    return (2.0 * x.float() + 1.0) / BINS - 1.0
+
+
+def alpha_sigma(gamma: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.sqrt(torch.sigmoid(-gamma)), torch.sqrt(torch.sigmoid(gamma))
+
+
+def data_posterior(x_unit: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:
+    """q(z_0 | x): mean and std."""
+    a0, s0 = alpha_sigma(g0)
+    return a0 * x_unit, s0.expand_as(x_unit)
+
+
+def forward_step(z_s: Tensor, g_s: Tensor, g_t: Tensor) -> tuple[Tensor, Tensor]:
+    """q(z_t | z_s) for s < t: mean alpha_t/alpha_s z_s, var sigma_t^2 (1 - e^(g_s - g_t))."""
+    a_s, _ = alpha_sigma(g_s)
+    a_t, s_t = alpha_sigma(g_t)
+    return (a_t / a_s) * z_s, s_t * torch.sqrt(-torch.expm1(g_s - g_t))
+
+
+def reverse_step(z_t: Tensor, eps_hat: Tensor, g_s: Tensor, g_t: Tensor) -> tuple[Tensor, Tensor]:
+    """p(z_s | z_t) = q(z_s | z_t, x = x-hat(z_t)): mean and std."""
+    a_s, s_s = alpha_sigma(g_s)
+    a_t, s_t = alpha_sigma(g_t)
+    em1 = torch.expm1(g_s - g_t)
+    mean = (a_s / a_t) * (z_t + em1 * s_t * eps_hat)
+    return mean, s_s * torch.sqrt(-em1)
+
+
+def decoder_params(z0: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:
+    """p(x | z_0): a Gaussian on the pixel grid, as (mean, std) in pixel units.
+
+    The likelihood of pixel k is the Gaussian's mass on [k - 1/2, k + 1/2],
+    renormalised over [-1/2, 255 + 1/2]: exactly constriction's QuantizedGaussian.
+    """
+    a0, _ = alpha_sigma(g0)
+    scale = BINS / 2
+    mean = (z0 / a0 + 1.0) * scale - 0.5
+    std = torch.exp(0.5 * g0) * scale
+    return mean, std.expand_as(mean)
+
+
+def _std_normal_cdf(v: Tensor) -> Tensor:
+    """Phi(v) via erfc: precise deep in the lower tail, where 1 + erf(.) is not."""
+    return 0.5 * torch.special.erfc(-v / math.sqrt(2.0))
+
+
+def discretized_gaussian_nll(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """-log P(x) in nats for the renormalised pixel-grid Gaussian of `decoder_params`."""
+    xf, m, s = x.double(), mean.double(), std.double()
+    # By symmetry the bin's mass equals that of its mirror image about the mean;
+    # mirror bins above the mean into the lower tail, where the CDF is precise.
+    xl = torch.where(xf > m, 2 * m - xf, xf)
+    mass = _std_normal_cdf((xl + 0.5 - m) / s) - _std_normal_cdf((xl - 0.5 - m) / s)
+    total = _std_normal_cdf((BINS - 0.5 - m) / s) - _std_normal_cdf((-0.5 - m) / s)
+    return (torch.log(total) - torch.log(torch.clamp(mass, min=1e-300))).float()
+
+
+@dataclass
+class Terms:
+    """Per-image loss terms in bits per dimension."""
+
+    diffusion: Tensor  # continuous-time (or discrete-time if steps were given)
+    recon: Tensor
+    prior: Tensor
+    latent: Tensor
+
+    @property
+    def total(self) -> Tensor:
+        return self.diffusion + self.recon + self.prior + self.latent
+
+
+class MuLAN(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.encoder = LatentEncoder(cfg) if cfg.latent_channels else None
+        self.schedule_net = ScheduleNet(cfg)
+        self.denoiser = UNet(cfg)
+
+    # -- the pieces the codec composes -------------------------------------------------
+    def latent_posterior(self, x_unit: Tensor) -> tuple[Tensor, Tensor] | None:
+        """q(c | x) as (mean, std), or None for a model without a latent."""
+        return self.encoder(x_unit) if self.encoder is not None else None
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        f = self.cfg.latent_factor
+        return self.cfg.latent_channels, height // f, width // f
+
+    def schedule(self, c: Tensor | None, like: Tensor) -> Schedule:
+        return self.schedule_net(c, like)
+
+    def gamma_norm(self, gamma: Tensor) -> Tensor:
+        return (gamma - self.cfg.gamma_min) / (self.cfg.gamma_max - self.cfg.gamma_min)
+
+    def eps(self, z: Tensor, gamma: Tensor, c: Tensor | None) -> Tensor:
+        return self.denoiser(z, self.gamma_norm(gamma), c).float()
+
+    # -- the loss --------------------------------------------------------------------
+    def terms(self, x: Tensor, steps: int = 0, generator: torch.Generator | None = None,
+              t: Tensor | None = None) -> Terms:
+        """Unbiased single-sample estimates of the -ELBO terms, per image, in bpd.
+
+        x: (B, C, H, W) with values 0..255. steps = 0 gives the continuous-time
+        diffusion loss; steps = T the exact discrete-time loss at T steps.
+        t is sampled with antithetic (low-discrepancy) spacing unless given.
+        """
+        B = x.shape[0]
+        dims = x[0].numel()
+        dev = x.device
+        xu = to_unit(x)
+
+        def randn(shape: tuple[int, ...]) -> Tensor:
+            return torch.randn(shape, device=dev, generator=generator)
+
+        # auxiliary latent: reparameterised sample and exact KL
+        post = self.latent_posterior(xu)
+        if post is None:
+            c, latent_kl = None, x.new_zeros(B, dtype=torch.float32)
+        else:
+            cm, cs = post
+            c = cm + cs * randn(tuple(cm.shape))
+            latent_kl = std_normal_kl(cm, cs).flatten(1).sum(1)
+
+        sched = self.schedule(c, xu)
+        g0, g1 = sched.gamma(0.0), sched.gamma(1.0)
+
+        # reconstruction: -log p(x | z_0), z_0 ~ q(z_0 | x)
+        m0, s0 = data_posterior(xu, g0)
+        z0 = m0 + s0 * randn(tuple(xu.shape))
+        dm, ds = decoder_params(z0, g0)
+        recon = discretized_gaussian_nll(x, dm, ds).flatten(1).sum(1)
+
+        # prior: KL(q(z_1 | x) || N(0, 1))
+        a1, s1 = alpha_sigma(g1)
+        prior = std_normal_kl(a1 * xu, s1.expand_as(xu)).flatten(1).sum(1)
+
+        # diffusion
+        if t is None:
+            u = torch.rand((), device=dev, generator=generator)
+            t = torch.remainder(u + torch.arange(B, device=dev) / B, 1.0)
+        if steps:
+            i = torch.clamp(torch.ceil(t * steps), min=1).float()
+            t = i / steps
+            s = (i - 1) / steps
+        g_t = sched.gamma(t)
+        a_t, s_t = alpha_sigma(g_t)
+        eps = randn(tuple(xu.shape))
+        z_t = a_t * xu + s_t * eps
+        eps_hat = self.eps(z_t, g_t, c)
+        err = (eps - eps_hat) ** 2
+        if steps:
+            weight = steps * torch.expm1(g_t - sched.gamma(s))
+        else:
+            weight = sched.dgamma(t)
+        diffusion = 0.5 * (weight * err).flatten(1).sum(1)
+
+        k = 1.0 / (dims * LN2)
+        return Terms(diffusion * k, recon * k, prior * k, latent_kl * k)
+
+    def forward(self, x: Tensor, steps: int = 0, generator: torch.Generator | None = None) -> Terms:
+        """Training entry point (so DDP sees a forward call): the loss terms."""
+        return self.terms(x, steps, generator)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

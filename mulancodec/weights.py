@@ -1,0 +1,126 @@
+"""Model files: safetensors weights with the config embedded, a content hash, and lookup.
+
+A model is one ``.safetensors`` file whose metadata holds the JSON model config,
+so nothing else is needed to rebuild it; nothing is ever unpickled. The model id
+is a hash of the config and the tensors, so a file coded with one model is
+never decoded with another.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .model.configs import ModelConfig
+from .model.mulan import MuLAN
+
+ENV_MODEL = "MULANCODEC_MODEL"
+DEFAULT_NAME = "mulan-default.safetensors"
+
+
+class ModelFileError(Exception):
+    """A model file is missing, unreadable or not a mulancodec model."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: MuLAN
+    config: ModelConfig
+    model_id: str  # 16 hex digits
+    path: Path
+    meta: dict[str, str]
+
+
+def model_id(config: ModelConfig, state: dict[str, torch.Tensor]) -> str:
+    """A stable hash of the config and the float32 values of every tensor."""
+    h = hashlib.sha256()
+    h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().to("cpu", torch.float32).contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_model(model: MuLAN, path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+               extra: dict[str, str] | None = None) -> str:
+    """Write weights (cast to `dtype`) with the config in the metadata; returns the model id."""
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    mid = model_id(model.cfg, state)
+    meta = {"format": "mulancodec-model", "config": json.dumps(model.cfg.to_dict()), "model_id": mid}
+    meta.update(extra or {})
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return mid
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises several types for bad files
+        raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model file (or a directory holding one); None means the shipped default."""
+    p = resolve_model_path(path)
+    meta = read_metadata(p)
+    if meta.get("format") != "mulancodec-model" or "config" not in meta:
+        raise ModelFileError(f"{p}: not a mulancodec model (no embedded config)")
+    try:
+        cfg = ModelConfig.from_dict(json.loads(meta["config"]))
+    except (ValueError, TypeError) as e:
+        raise ModelFileError(f"{p}: bad model config ({e})") from None
+    state: dict[str, torch.Tensor] = {}
+    with safe_open(str(p), framework="pt") as f:
+        for k in f.keys():
+            state[k] = f.get_tensor(k).float()
+    model = MuLAN(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelFileError(f"{p}: weights do not match the config ({str(e).splitlines()[0]})") from None
+    model.eval().requires_grad_(False).to(device)
+    return LoadedModel(model, cfg, model_id(cfg, state), p, meta)
+
+
+def _candidates() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    return [
+        here.parent / "models" / DEFAULT_NAME,  # a source checkout or editable install
+        Path(sys.prefix) / "share" / "mulancodec" / "models" / DEFAULT_NAME,  # pip install
+    ]
+
+
+def resolve_model_path(path: str | os.PathLike | None) -> Path:
+    """Explicit path > $MULANCODEC_MODEL > the shipped default; a clear error otherwise."""
+    if path is None:
+        path = os.environ.get(ENV_MODEL) or None
+    if path is None:
+        for c in _candidates():
+            if c.is_file():
+                return c
+        raise ModelFileError(
+            "no model found: the shipped model is not installed; pass --model or set "
+            f"{ENV_MODEL} (looked in: {', '.join(str(c) for c in _candidates())})")
+    p = Path(path)
+    if p.is_dir():
+        files = [p / DEFAULT_NAME, p / "model.safetensors"]
+        for f in files:
+            if f.is_file():
+                return f
+        raise ModelFileError(f"{p}: no {DEFAULT_NAME} or model.safetensors in this directory")
+    if not p.is_file():
+        raise ModelFileError(f"{p}: model file not found")
+    return p

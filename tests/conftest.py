@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny random-weight model (CPU, fast) and the optional real data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+CIFAR_TEST = SHARED / "cifar10" / "test.npz"
+CIFAR_TRAIN0 = SHARED / "cifar10" / "train_0.npz"
+
+
+def make_tiny_model(seed: int = 0, config: str = "tiny", noise: float = 0.02):
+    """A tiny model with its zero-initialised layers perturbed, so every path is exercised."""
+    from mulancodec.model import CONFIGS, MuLAN
+
+    torch.manual_seed(seed)
+    m = MuLAN(CONFIGS[config].model)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    return m.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    from mulancodec.weights import save_model
+
+    p = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(make_tiny_model(), p, extra={"default_steps": "6"})
+    return p
+
+
+@pytest.fixture(scope="session")
+def other_model_path(tmp_path_factory) -> Path:
+    from mulancodec.weights import save_model
+
+    p = tmp_path_factory.mktemp("model2") / "other.safetensors"
+    save_model(make_tiny_model(seed=1), p)
+    return p
+
+
+@pytest.fixture()
+def use_tiny_model(tiny_model_path, monkeypatch) -> Path:
+    """Make the tiny model the default (as the shipped model would be)."""
+    monkeypatch.setenv("MULANCODEC_MODEL", str(tiny_model_path))
+    return tiny_model_path
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def smooth_image(rng: np.random.Generator, h: int, w: int, c: int) -> np.ndarray:
+    """A natural-ish test image: smooth structure plus a little noise."""
+    base = rng.normal(size=(h // 4 + 2, w // 4 + 2, c)).cumsum(0).cumsum(1)
+    img = np.kron(base, np.ones((4, 4, 1)))[:h, :w]
+    img = (img - img.min()) / (np.ptp(img) + 1e-9) * 200 + rng.normal(size=img.shape) * 3 + 20
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is not present (../shared/datasets is beside a full checkout only)")
+    return path
+
+
+os.environ.setdefault("MULANCODEC_TEST", "1")

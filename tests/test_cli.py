@@ -1,0 +1,118 @@
+"""The command line: files, folders, pipes, streams, info, exit codes, no partial outputs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import smooth_image
+
+CLI = [sys.executable, "-m", "mulancodec.cli"]
+
+
+def run(args, cwd, input=None, env_model=None, check=None):
+    env = dict(os.environ)
+    if env_model:
+        env["MULANCODEC_MODEL"] = str(env_model)
+    r = subprocess.run(CLI + args, cwd=cwd, input=input, capture_output=True, env=env, timeout=300)
+    if check is not None:
+        assert r.returncode == check, r.stderr.decode()
+    return r
+
+
+@pytest.fixture()
+def images(tmp_path, rng):
+    Image.fromarray(smooth_image(rng, 20, 30, 3)).save(tmp_path / "a.png")
+    Image.fromarray(smooth_image(rng, 17, 9, 1)[..., 0]).save(tmp_path / "b.png")
+    Image.fromarray(smooth_image(rng, 12, 12, 4)).save(tmp_path / "c.png")
+    return tmp_path
+
+
+def same(p, q):
+    a, b = Image.open(p), Image.open(q)
+    return a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_encode_decode_info(images, tiny_model_path):
+    m = tiny_model_path
+    run(["encode", "a.png", "-o", "a.mlc", "--steps", "3", "--no-fallback"], images, env_model=m, check=0)
+    run(["decode", "a.mlc", "-o", "back.png"], images, env_model=m, check=0)
+    assert same(images / "a.png", images / "back.png")
+    r = run(["info", "a.mlc", "--json"], images, check=0)
+    d = json.loads(r.stdout)
+    assert d["images"] == 1 and d["steps"] == 3 and d["image_list"][0]["method"] == "bits-back"
+    assert "bits per subpixel" in run(["info", "a.mlc"], images, check=0).stdout.decode()
+
+
+def test_no_overwrite_without_force(images, tiny_model_path):
+    m = tiny_model_path
+    run(["encode", "a.png", "-o", "a.mlc", "--steps", "2"], images, env_model=m, check=0)
+    before = (images / "a.mlc").read_bytes()
+    r = run(["encode", "b.png", "-o", "a.mlc", "--steps", "2"], images, env_model=m, check=5)
+    assert b"exists" in r.stderr and (images / "a.mlc").read_bytes() == before
+    run(["encode", "b.png", "-o", "a.mlc", "--steps", "2", "-f"], images, env_model=m, check=0)
+    assert (images / "a.mlc").read_bytes() != before
+
+
+def test_pipes(images, tiny_model_path):
+    m = tiny_model_path
+    enc = run(["encode", "-", "--steps", "2", "--no-fallback"], images,
+              input=(images / "a.png").read_bytes(), env_model=m, check=0)
+    assert enc.stdout[:4] == b"\x89MLC"
+    dec = run(["decode", "-", "-o", "-"], images, input=enc.stdout, env_model=m, check=0)
+    (images / "piped.png").write_bytes(dec.stdout)
+    assert same(images / "a.png", images / "piped.png")
+
+
+def test_many_files_and_stream(images, tiny_model_path):
+    m = tiny_model_path
+    r = run(["encode", "a.png", "b.png", "c.png", "-o", "enc/", "--steps", "2", "--json"], images,
+            env_model=m, check=0)
+    lines = [json.loads(x) for x in r.stdout.decode().splitlines()]
+    assert [Path(x["output"]).name for x in lines] == ["a.mlc", "b.mlc", "c.mlc"]
+    run(["encode", "--stream", "a.png", "b.png", "c.png", "-o", "set.mlc", "--steps", "2"], images,
+        env_model=m, check=0)
+    run(["decode", "set.mlc", "-o", "out/"], images, env_model=m, check=0)
+    for n in ("a", "b", "c"):
+        assert same(images / f"{n}.png", images / "out" / f"{n}.png")
+    assert json.loads(run(["info", "set.mlc", "--json"], images, check=0).stdout)["images"] == 3
+
+
+@pytest.mark.parametrize("content,code", [(b"", 3), (b"not an image at all", 3), (b"\x89MLC\x01", 3)])
+def test_bad_inputs_give_one_line_errors(images, tiny_model_path, content, code):
+    (images / "bad.mlc").write_bytes(content)
+    r = run(["decode", "bad.mlc", "-o", "x.png"], images, env_model=tiny_model_path, check=code)
+    err = r.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mulancodec: error:")
+    assert "Traceback" not in r.stderr.decode() and not (images / "x.png").exists()
+    (images / "bad.png").write_bytes(content)
+    r = run(["encode", "bad.png", "-o", "y.mlc"], images, env_model=tiny_model_path, check=3)
+    assert not (images / "y.mlc").exists() and "Traceback" not in r.stderr.decode()
+
+
+def test_missing_model_and_wrong_model(images, tiny_model_path, other_model_path):
+    r = run(["encode", "a.png", "-o", "z.mlc"], images, env_model="/nope/model.safetensors", check=4)
+    assert b"model" in r.stderr and not (images / "z.mlc").exists()
+    run(["encode", "a.png", "-o", "a.mlc", "--steps", "2", "--no-fallback"], images,
+        env_model=tiny_model_path, check=0)
+    r = run(["decode", "a.mlc", "-o", "w.png"], images, env_model=other_model_path, check=4)
+    assert b"made with model" in r.stderr and not (images / "w.png").exists()
+
+
+def test_unsupported_mode_and_help(images, tiny_model_path):
+    Image.new("I;16", (4, 4)).save(images / "deep.png")
+    r = run(["encode", "deep.png", "-o", "d.mlc"], images, env_model=tiny_model_path, check=3)
+    assert b"unsupported image mode" in r.stderr
+    h = run(["--help"], images, check=0).stdout.decode()
+    assert "Exit codes" in h and "encode" in h
+    assert run(["--version"], images, check=0).stdout.decode().startswith("mulancodec, version")
+
+
+def test_demo_runs(images, tiny_model_path):
+    r = run(["demo", "--steps", "2"], images, env_model=tiny_model_path, check=0)
+    out = r.stdout.decode()
+    assert "round trip exact: yes" in out and "PNG" in out and "WebP" in out

@@ -115,8 +115,8 @@ def _embed(pic: img.Picture) -> bytes:
 
 
 def _unembed(data: bytes, mode: str, width: int, height: int) -> img.Picture:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
+    try:  # the header's size passed the caller's limit, and the image must have that size
+        with img.own_size_limit(), Image.open(io.BytesIO(data), formats=["PNG", "WEBP"]) as im:
             if im.format not in ("PNG", "WEBP") or im.size != (width, height):
                 raise DecodeError("embedded image does not match its header")
             im.load()
@@ -142,20 +142,47 @@ def _record(pic: img.Picture) -> fmt.ImageRecord:
     return rec
 
 
-def _jobs(pics: Sequence[img.Picture], recs: Sequence[fmt.ImageRecord], tile: int,
-          with_pixels: bool) -> tuple[list[TileJob], list[tuple[int, img.Tile]]]:
-    jobs, where = [], []
-    for i, rec in enumerate(recs):
-        if rec.method != fmt.METHOD_MODEL:
-            continue
-        grey = rec.mode in ("L", "LA")
-        shape = img.Picture(rec.mode, rec.height, rec.width, None)
-        for t in img.tile_grid(shape, tile, i):
-            src, coded = img.tile_maps(t, tile, grey)
-            px = img.tile_pixels(pics[i], t, tile) if with_pixels else None
-            jobs.append(TileJob(src, coded, px))
-            where.append((i, t))
-    return jobs, where
+class _Tiles(Sequence[TileJob]):
+    """The tiles of the model-coded images in coding order, as TileJobs built on demand.
+
+    A header of a few bytes can name a million tiles; building them all before
+    the first batch runs would cost seconds and hundreds of MB even for a file
+    that fails at once. Tiles are in raster order per image (`image.tile_grid`).
+    """
+
+    def __init__(self, pics: Sequence[img.Picture] | None, recs: Sequence[fmt.ImageRecord],
+                 tile: int) -> None:
+        self.pics, self.recs, self.tile = pics, recs, tile
+        self.images = [i for i, r in enumerate(recs) if r.method == fmt.METHOD_MODEL]
+        self.ends = np.cumsum([fmt.tiles_in(recs[i], tile) for i in self.images], dtype=np.int64)
+        self.maps: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = {}  # shared, read-only
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def where(self, k: int) -> img.Tile:
+        """The k-th tile: its image and position."""
+        j = int(np.searchsorted(self.ends, k, side="right"))
+        i, S = self.images[j], self.tile
+        n = k - (int(self.ends[j - 1]) if j else 0)
+        rec = self.recs[i]
+        top, left = (n // -(-rec.width // S)) * S, (n % -(-rec.width // S)) * S
+        return img.Tile(i, top, left, min(S, rec.height - top), min(S, rec.width - left))
+
+    def job(self, k: int) -> TileJob:
+        t = self.where(k)
+        key = (t.h, t.w, self.recs[t.picture].mode in ("L", "LA"))
+        if key not in self.maps:
+            self.maps[key] = img.tile_maps(t, self.tile, key[2])
+        px = img.tile_pixels(self.pics[t.picture], t, self.tile) if self.pics is not None else None
+        return TileJob(*self.maps[key], px)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self.job(x) for x in range(*k.indices(len(self)))]
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        return self.job(k % len(self))
 
 
 def _stream_checksum(pics: Iterable[img.Picture]) -> bytes:
@@ -180,8 +207,8 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
     recs = [_record(p) for p in pics]
     for rec, name in zip(recs, names or []):
         rec.name = name
-    jobs, _ = _jobs(pics, recs, tile, True)
-    threads = torch.get_num_threads()
+    jobs = _Tiles(pics, recs, tile)
+    threads = min(torch.get_num_threads(), fmt.MAX_THREADS)
     header = fmt.Header(lm.model_id, dev.type, spec.bf16, threads, env_tag(dev), T, spec.kappa,
                         spec.window, spec.latent_delta, tile, recs, checksum=_stream_checksum(pics))
     enc = Encoded(np.zeros(0, np.uint32), [], 0, 0, 0)
@@ -262,12 +289,8 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
             max_pixels: int | None, progress: Callable[[int], None] | None) -> list[img.Picture]:
     limit = img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     h, payload = fmt.read(bytes(data), limit)
-    pics: list[img.Picture | None] = [None] * len(h.images)
-    for i, rec in enumerate(h.images):
-        if rec.method == fmt.METHOD_EMBED:
-            pics[i] = _unembed(rec.embedded, rec.mode, rec.width, rec.height)
-    jobs, where = _jobs([], h.images, h.tile, False)
-    if jobs:
+    coded = any(rec.method == fmt.METHOD_MODEL for rec in h.images)
+    if coded:  # everything that can refuse the file cheaply, before any per-tile allocation
         if device is not None and torch.device(device).type != h.backend:
             raise DecodeError(f"this file was encoded on {h.backend}; it decodes only on "
                               f"{h.backend} (--device {h.backend}), not {torch.device(device).type}")
@@ -281,6 +304,12 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
                               f"{lm.model_id} ({lm.path}); pass --model / model= with the right one")
         if lm.config.tile != h.tile:
             raise DecodeError("tile size in the file does not match the model")
+    pics: list[img.Picture | None] = [None] * len(h.images)
+    for i, rec in enumerate(h.images):
+        if rec.method == fmt.METHOD_EMBED:
+            pics[i] = _unembed(rec.embedded, rec.mode, rec.width, rec.height)
+    jobs = _Tiles(None, h.images, h.tile)
+    if jobs:
         spec = ChainSpec(h.steps, h.kappa, h.window, h.latent_delta, h.bf16)
         enc = Encoded(payload, h.plan, h.seed_words, h.stripped, 0)
         try:
@@ -289,18 +318,19 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
         except CodingError as e:
             raise DecodeError(_with_env_hint(str(e), h, dev)) from None
         canvases = {i: np.zeros((h.images[i].height, h.images[i].width, 3), np.uint8)
-                    for i in {w[0] for w in where}}
-        for (i, t), px in zip(where, tiles):
-            img.place_tile(canvases[i], t, px)
+                    for i in jobs.images}
+        for k, px in enumerate(tiles):
+            t = jobs.where(k)
+            img.place_tile(canvases[t.picture], t, px)
         for i, rgb in canvases.items():
             pics[i] = _assemble(h.images[i], rgb)
     out = [p for p in pics if p is not None]
     for p, rec in zip(out, h.images):
         p.name = rec.name
     if _stream_checksum(out) != h.checksum:
-        dev = torch.device(h.backend)
-        raise DecodeError(_with_env_hint("pixel checksum mismatch: refusing to return wrong pixels",
-                                         h, dev))
+        msg = "pixel checksum mismatch: refusing to return wrong pixels"
+        # the environment hint only concerns model-coded images (and needs the backend present)
+        raise DecodeError(_with_env_hint(msg, h, torch.device(h.backend)) if jobs else msg)
     return out
 
 

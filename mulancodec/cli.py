@@ -28,7 +28,7 @@ Exit codes:
   2    bad command line
   3    bad input (unreadable or unsupported image, corrupt or foreign .mlc file)
   4    model problem (missing, unreadable, or not the model a file was made with)
-  5    output problem (exists without -f, cannot be written)
+  5    output problem (exists without -f, is the input, cannot be written)
   130  interrupted"""
 
 
@@ -103,6 +103,16 @@ def write_atomic(path: Path, data: bytes, force: bool) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def refuse_own_input(out: str, inputs: list[str]) -> None:
+    """Never write an output onto one of its own inputs, even with -f: the input would be lost."""
+    if out == "-" or not Path(out).exists():
+        return
+    for src in inputs:
+        if src != "-" and Path(src).exists() and os.path.samefile(src, out):
+            raise CliError(f"{out} is also the input: refusing to overwrite it (choose another -o)",
+                           EXIT_OUTPUT)
 
 
 def emit(out: str, data: bytes, force: bool) -> None:
@@ -217,7 +227,11 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
            quiet: bool, verbose: bool, max_pixels: int | None) -> None:
     """Compress images (PNG, TIFF, BMP, ... or '-' for stdin) to .mlc files."""
     from .api import compress_with_stats, compress_many, get_model, pick_device
+    from .image import probe
 
+    for src in inputs:  # every input is checked (format, size, mode) before any work or output
+        if src != "-":
+            probe(src, max_pixels)
     jobs: list[tuple[list[str], str]]
     if stream:
         if output is None:
@@ -242,7 +256,8 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
         jobs = [([s], str((outdir or Path(s).parent) / (Path(s).stem + ".mlc"))) for s in inputs]
         if len({o for _, o in jobs}) != len(jobs):
             raise click.UsageError("two inputs would write the same output name")
-    for _, out in jobs:
+    for srcs, out in jobs:
+        refuse_own_input(out, srcs)
         if out != "-" and Path(out).exists() and not force:
             raise CliError(f"{out} exists (use -f to overwrite)", EXIT_OUTPUT)
     dev = pick_device(device)
@@ -261,6 +276,8 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
                                                progress=bar)
                 info = {"bytes": st.bytes, "bpd": round(st.bpd, 4), "embedded": st.embedded,
                         "bits_back_bytes": st.bits_back_bytes, "tiles": st.tiles}
+        if out != "-" and output is not None and output.endswith("/"):
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
         emit(out, data, force)
         info = {"input": srcs[0] if len(srcs) == 1 else srcs, "output": out, **info}
         if as_json:
@@ -274,7 +291,13 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
                            f"bits-back size {info['bits_back_bytes']}", err=True)
 
 
-def _save_image(pic: Any, out: str, force: bool, fmt: str | None) -> None:
+def _safe_stem(name: str) -> str:
+    """A stored image name as a file name in the output folder ("" when it cannot be one)."""
+    stem = Path(name).stem  # drops any folders: names never leave the output folder
+    return stem if "\0" not in stem and len(stem.encode()) <= 200 else ""
+
+
+def _render_image(pic: Any, out: str, fmt: str | None) -> bytes:
     im = pic.to_pil()
     buf = io.BytesIO()
     suffix = Path(out).suffix.lower() if out != "-" else ""
@@ -290,7 +313,7 @@ def _save_image(pic: Any, out: str, force: bool, fmt: str | None) -> None:
         im.save(buf, format=name, **kw)
     except (OSError, ValueError, KeyError) as e:
         raise CliError(f"cannot save a {pic.mode} image as {name} ({e})", EXIT_OUTPUT) from None
-    emit(out, buf.getvalue(), force)
+    return buf.getvalue()
 
 
 @main.command(epilog=EXIT_CODES)
@@ -328,20 +351,22 @@ def decode(input: str, output: str | None, fmt: str | None, model_path: str | No
         ext = "." + (fmt or "PNG").lower().replace("tiff", "tif")
         targets = []
         for i, rec in enumerate(h.images):
-            base = Path(rec.name).stem if rec.name else f"{i:06d}"
+            base = _safe_stem(rec.name) or f"{i:06d}"
             targets.append(str(outdir / (base + ext)))
         if len(set(targets)) != n:
             targets = [str(outdir / f"{i:06d}{ext}") for i in range(n)]
     for t in targets:
+        refuse_own_input(t, [input])
         if t != "-" and Path(t).exists() and not force:
             raise CliError(f"{t} exists (use -f to overwrite)", EXIT_OUTPUT)
     with progress_bar(sum(tiles_in(r, h.tile) for r in h.images), quiet, "decode") as bar:
         pics = decompress_pictures(data, device=device, model=model_path, max_pixels=max_pixels,
                                    progress=bar)
-    if n > 1:
+    blobs = [_render_image(pic, t, fmt) for pic, t in zip(pics, targets)]  # fail before writing
+    if n > 1 or (output is not None and output != "-" and output.endswith("/")):
         Path(output).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
-    for pic, t in zip(pics, targets):
-        _save_image(pic, t, force, fmt)
+    for blob, t in zip(blobs, targets):
+        emit(t, blob, force)
     if not quiet and targets != ["-"]:
         click.echo(f"{input} -> {targets[0] if n == 1 else f'{n} images in {output}'}", err=True)
 
@@ -447,15 +472,18 @@ def demo(image: str | None, steps: int | None, model_path: str | None, device: s
 @click.option("--eval-data", multiple=True, help="Test images for periodic EMA test bpd.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (long runs on GPU).")
+@click.option("--compact", is_flag=True,
+              help="Checkpoint in float16 without optimizer state (1/4 the size, to move runs "
+                   "between machines; resuming restarts Adam with a short warmup).")
 def train(data: tuple[str, ...], out: Path, config: str | None, max_steps: int | None,
           minutes: float | None, resume: bool, eval_data: tuple[str, ...], device: str | None,
-          compile_: bool) -> None:
+          compile_: bool, compact: bool) -> None:
     """Train (or resume) a MuLAN model; works under torchrun for several GPUs."""
     from .train import TrainArgs, train as run
 
     try:
         code = run(TrainArgs(list(data), out, config, max_steps, minutes, resume, list(eval_data),
-                             device, compile_))
+                             device, compile_, compact=compact))
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     sys.exit(code)

@@ -8,12 +8,13 @@ subpixels are ever coded.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
 import numpy as np
 from PIL import Image
@@ -155,6 +156,41 @@ def first_index_of_colour(palette: bytes, palette_mode: str) -> dict[int, int]:
     return out
 
 
+@contextlib.contextmanager
+def own_size_limit() -> Iterator[None]:
+    """Suspend Pillow's decompression-bomb check: our callers have applied `max_pixels`.
+
+    (Pillow's check would otherwise raise an undocumented error, or print a
+    warning, for images our own limit allows.)
+    """
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+@contextlib.contextmanager
+def _open_file(path: str | os.PathLike, max_pixels: int | None) -> Iterator[Image.Image]:
+    """An image file opened lazily, its frames and size checked; ImageError for anything
+    unusable, including errors raised while the caller reads it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{p}: no such file")
+    try:
+        with own_size_limit(), Image.open(p) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                raise ImageError(f"{p}: animated or multi-page images are not supported")
+            w, h = im.size
+            _check_size(h, w, max_pixels)
+            yield im
+    except ImageError:
+        raise
+    except (OSError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{p}: cannot read image ({e})") from None
+
+
 def load(image: ImageLike, max_pixels: int | None = None) -> Picture:
     """Any supported input to a Picture, with a clear ImageError for everything else."""
     if isinstance(image, np.ndarray):
@@ -162,26 +198,18 @@ def load(image: ImageLike, max_pixels: int | None = None) -> Picture:
     if isinstance(image, Image.Image):
         return from_pil(image, max_pixels)
     if isinstance(image, (str, os.PathLike)):
-        p = Path(image)
-        if not p.is_file():
-            raise ImageError(f"{p}: no such file")
-        old = Image.MAX_IMAGE_PIXELS
-        try:
-            Image.MAX_IMAGE_PIXELS = None  # our own limit applies below
-            with Image.open(p) as im:
-                if getattr(im, "n_frames", 1) > 1:
-                    raise ImageError(f"{p}: animated or multi-page images are not supported")
-                w, h = im.size
-                _check_size(h, w, max_pixels)
-                im.load()
-                return from_pil(im, max_pixels)
-        except ImageError:
-            raise
-        except (OSError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
-            raise ImageError(f"{p}: cannot read image ({e})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
+        with _open_file(image, max_pixels) as im:
+            im.load()
+            return from_pil(im, max_pixels)
     raise ImageError(f"cannot code an object of type {type(image).__name__}")
+
+
+def probe(path: str | os.PathLike, max_pixels: int | None = None) -> None:
+    """Check an image file's format, frames, size and mode without decoding its pixels."""
+    with _open_file(path, max_pixels) as im:
+        if im.mode not in SUPPORTED_MODES:
+            raise ImageError(f"{path}: unsupported image mode {im.mode!r} "
+                             f"(supported: {', '.join(SUPPORTED_MODES)})")
 
 
 def png_bytes(plane: np.ndarray) -> bytes:
@@ -192,7 +220,8 @@ def png_bytes(plane: np.ndarray) -> bytes:
 
 
 def png_plane(data: bytes, height: int, width: int) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
+    """A side plane from its PNG; the caller has checked height x width against its limit."""
+    with own_size_limit(), Image.open(io.BytesIO(data), formats=["PNG"]) as im:
         if im.format != "PNG" or im.mode != "L" or im.size != (width, height):
             raise ValueError("side plane does not match the header")
         return np.asarray(im).copy()

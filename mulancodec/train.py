@@ -51,6 +51,7 @@ class TrainArgs:
     device: str | None = None
     compile: bool = False
     progress: bool = True
+    compact: bool = False
 
 
 @dataclass
@@ -108,36 +109,50 @@ def _load_optim(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], gr
 
 
 def save_checkpoint(out: Path, cfg: Config, model: MuLAN, ema: MuLAN, opt: torch.optim.Optimizer,
-                    st: TrainState) -> None:
+                    st: TrainState, compact: bool = False) -> None:
+    """Write a checkpoint. `compact` stores weights in float16 and no optimizer state
+    (a quarter of the size, for moving runs between machines; resuming from it
+    restarts Adam's moments with a short warmup instead of continuing exactly)."""
     (out / "train").mkdir(parents=True, exist_ok=True)
     tag = {"step": str(st.step)}
+    dtype = torch.float16 if compact else torch.float32
     _atomic_json(out / "config.json", cfg.to_dict())
-    save_model(ema, out / "model.safetensors",
+    save_model(ema, out / "model.safetensors", dtype=dtype,
                extra={"step": str(st.step), "config_name": cfg.name, "train_seconds": f"{st.seconds:.1f}"})
-    _atomic_safetensors(out / "train" / "raw.safetensors", model.state_dict(), tag)
-    tensors, groups = _optim_tensors(opt)
-    _atomic_safetensors(out / "train" / "state.safetensors", tensors, tag)
+    _atomic_safetensors(out / "train" / "raw.safetensors",
+                        {k: v.to(dtype) for k, v in model.state_dict().items()}, tag)
+    groups = None
+    state_file = out / "train" / "state.safetensors"
+    if compact:
+        state_file.unlink(missing_ok=True)
+    else:
+        tensors, groups = _optim_tensors(opt)
+        _atomic_safetensors(state_file, tensors, tag)
     _atomic_json(out / "train" / "state.json", {
         "step": st.step, "epoch": st.epoch, "pos": st.pos, "seconds": st.seconds,
-        "param_groups": groups,
+        "param_groups": groups, "compact": compact,
     })
 
 
 def load_checkpoint(out: Path, model: MuLAN, ema: MuLAN, opt: torch.optim.Optimizer,
-                    device: torch.device) -> TrainState:
+                    device: torch.device) -> tuple[TrainState, bool]:
+    """Restore a checkpoint; returns the state and whether the optimizer state was restored."""
     meta = json.loads((out / "train" / "state.json").read_text())
     from safetensors import safe_open
 
-    for f in ("raw.safetensors", "state.safetensors"):
+    exact = not meta.get("compact", False)
+    for f in ("raw.safetensors", "state.safetensors") if exact else ("raw.safetensors",):
         with safe_open(str(out / "train" / f), framework="pt") as h:
             if (h.metadata() or {}).get("step") != str(meta["step"]):
                 raise RuntimeError(f"checkpoint in {out} is inconsistent ({f} is from another step)")
-    model.load_state_dict(load_file(str(out / "train" / "raw.safetensors"), device=str(device)))
+    raw = load_file(str(out / "train" / "raw.safetensors"), device=str(device))
+    model.load_state_dict({k: v.float() for k, v in raw.items()})
     with safe_open(str(out / "model.safetensors"), framework="pt") as h:
-        ema.load_state_dict({k: h.get_tensor(k).to(device) for k in h.keys()})
-    _load_optim(opt, load_file(str(out / "train" / "state.safetensors"), device=str(device)),
-                meta["param_groups"])
-    return TrainState(meta["step"], meta["epoch"], meta["pos"], meta["seconds"])
+        ema.load_state_dict({k: h.get_tensor(k).to(device).float() for k in h.keys()})
+    if exact:
+        _load_optim(opt, load_file(str(out / "train" / "state.safetensors"), device=str(device)),
+                    meta["param_groups"])
+    return TrainState(meta["step"], meta["epoch"], meta["pos"], meta["seconds"]), exact
 
 
 def _batch_indices(n: int, batch: int, seed: int, st: TrainState) -> tuple[np.ndarray, np.ndarray]:
@@ -152,8 +167,9 @@ def _batch_indices(n: int, batch: int, seed: int, st: TrainState) -> tuple[np.nd
     return idx, flips[idx]
 
 
-def _lr(cfg: Config, step: int) -> float:
-    return cfg.train.lr * min(1.0, (step + 1) / max(1, cfg.train.warmup_steps))
+def _lr(cfg: Config, step: int, since: int = 0) -> float:
+    """Linear warmup from `since` (0, or the step a compact checkpoint restarted Adam)."""
+    return cfg.train.lr * min(1.0, (step - since + 1) / max(1, cfg.train.warmup_steps))
 
 
 def train(args: TrainArgs) -> int:
@@ -203,8 +219,11 @@ def train(args: TrainArgs) -> int:
                              {"params": other_params, "weight_decay": 0.0}],
                             lr=tc.lr, betas=tc.adam_betas)
     st = TrainState()
+    warm_from = 0
     if args.resume:
-        st = load_checkpoint(out, model, ema, opt, device)
+        st, exact = load_checkpoint(out, model, ema, opt, device)
+        if not exact:
+            warm_from = st.step
     out.mkdir(parents=True, exist_ok=True)
 
     net: Any = model
@@ -226,6 +245,13 @@ def train(args: TrainArgs) -> int:
         bar = tqdm(total=args.max_steps, initial=st.step, unit="step", dynamic_ncols=True,
                    disable=not sys.stderr.isatty())
     if main:
+        dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        write_start = {"kind": "start", "step": st.step, "seconds": round(st.seconds, 2),
+                       "device": dev_name, "world": world, "torch": torch.__version__,
+                       "config": cfg.name, "params": model.num_params(), "tiles": n}
+        if log is not None:
+            log.write(json.dumps(write_start) + "\n")
+            log.flush()
         print(f"training {cfg.name}: {model.num_params():,} parameters, {n:,} tiles, batch "
               f"{tc.batch_size}, device {device}, world {world}, from step {st.step}", file=sys.stderr)
 
@@ -268,7 +294,7 @@ def train(args: TrainArgs) -> int:
             step_seed = (tc.seed * 1_000_003 + rank * 7_919 + st.step) % (2 ** 63)
             torch.manual_seed(step_seed)
             gen.manual_seed(step_seed)
-            lr = _lr(cfg, st.step)
+            lr = _lr(cfg, st.step, warm_from)
             for g in opt.param_groups:
                 g["lr"] = lr
             model.train()
@@ -309,21 +335,24 @@ def train(args: TrainArgs) -> int:
                     print(f"step {st.step} bpd {rec['bpd']:.4f} ({sps:.2f} steps/s)", file=sys.stderr)
                 acc, acc_n, t_log, steps_at_log = {}, 0, now, st.step
             if eval_x is not None and st.step % tc.eval_every == 0 and main:
-                res = evaluate(ema, eval_x, steps=0, device=device, seed=1234)
-                write({"kind": "eval", "step": st.step, "seconds": round(st.seconds, 2),
+                res = evaluate(ema, eval_x, steps=tc.loss_steps, device=device, seed=1234)
+                rec = {"kind": "eval", "step": st.step, "seconds": round(st.seconds, 2),
                        "test_bpd": round(res["bpd"], 5), "test_bpd_ci95": res["bpd_ci95"],
-                       "n_images": res["n_images"]})
+                       "n_images": res["n_images"]}
+                if tc.loss_steps:
+                    rec.update({"steps": tc.loss_steps, "test_bpd_T": round(res["bpd_T"], 5)})
+                write(rec)
                 print(f"step {st.step}: test bpd (EMA) {res['bpd']:.4f}", file=sys.stderr)
             if now - last_ckpt >= 60 * tc.checkpoint_minutes:
                 if main:
-                    save_checkpoint(out, cfg, model, ema, opt, st)
+                    save_checkpoint(out, cfg, model, ema, opt, st, args.compact)
                 last_ckpt = time.time()
             if not math.isfinite(vals["bpd"]):
                 raise FloatingPointError(f"loss is not finite at step {st.step}")
         failed = False
     finally:
         if main and not failed:
-            save_checkpoint(out, cfg, model, ema, opt, st)
+            save_checkpoint(out, cfg, model, ema, opt, st, args.compact)
             write({"kind": "stop", "step": st.step, "seconds": round(st.seconds, 2), "reason": reason})
             print(f"stopped at step {st.step} ({reason}); checkpoint in {out}", file=sys.stderr)
         if bar is not None:

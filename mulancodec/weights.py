@@ -38,10 +38,14 @@ class LoadedModel:
     meta: dict[str, str]
 
 
-def model_id(config: ModelConfig, state: dict[str, torch.Tensor]) -> str:
-    """A stable hash of the config and the float32 values of every tensor."""
+def model_id(config_json: str, state: dict[str, torch.Tensor]) -> str:
+    """A hash of the stored config text and the float32 values of every tensor.
+
+    The config is hashed as stored in the file, so adding config fields in a later
+    version of this code does not change the id of an existing model file.
+    """
     h = hashlib.sha256()
-    h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    h.update(config_json.encode())
     for name in sorted(state):
         t = state[name].detach().to("cpu", torch.float32).contiguous()
         h.update(name.encode())
@@ -54,8 +58,9 @@ def save_model(model: MuLAN, path: str | os.PathLike, dtype: torch.dtype = torch
                extra: dict[str, str] | None = None) -> str:
     """Write weights (cast to `dtype`) with the config in the metadata; returns the model id."""
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    mid = model_id(model.cfg, state)
-    meta = {"format": "mulancodec-model", "config": json.dumps(model.cfg.to_dict()), "model_id": mid}
+    config_json = json.dumps(model.cfg.to_dict(), sort_keys=True)
+    mid = model_id(config_json, state)
+    meta = {"format": "mulancodec-model", "config": config_json, "model_id": mid}
     meta.update(extra or {})
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -82,17 +87,26 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
         cfg = ModelConfig.from_dict(json.loads(meta["config"]))
     except (ValueError, TypeError) as e:
         raise ModelFileError(f"{p}: bad model config ({e})") from None
-    state: dict[str, torch.Tensor] = {}
     with safe_open(str(p), framework="pt") as f:
-        for k in f.keys():
-            state[k] = f.get_tensor(k).float()
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        # Compare with the architecture built on the meta device (no memory) before
+        # allocating anything, so a hostile config cannot make us allocate huge weights.
+        try:
+            with torch.device("meta"):
+                expected = {k: tuple(v.shape) for k, v in MuLAN(cfg).state_dict().items()}
+        except Exception as e:  # noqa: BLE001 - any construction failure means a bad config
+            raise ModelFileError(f"{p}: bad model config ({e})") from None
+        if shapes != expected:
+            missing = sorted(set(expected) - set(shapes))[:3]
+            extra = sorted(set(shapes) - set(expected))[:3]
+            wrong = [k for k in expected if k in shapes and shapes[k] != expected[k]][:3]
+            raise ModelFileError(f"{p}: weights do not match the config (missing {missing}, "
+                                 f"unexpected {extra}, wrong shape {wrong})")
+        state = {k: f.get_tensor(k).float() for k in f.keys()}
     model = MuLAN(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ModelFileError(f"{p}: weights do not match the config ({str(e).splitlines()[0]})") from None
+    model.load_state_dict(state, strict=True)
     model.eval().requires_grad_(False).to(device)
-    return LoadedModel(model, cfg, model_id(cfg, state), p, meta)
+    return LoadedModel(model, cfg, model_id(meta["config"], state), p, meta)
 
 
 def _candidates() -> list[Path]:

@@ -4,6 +4,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# One intra-op thread for the tests (and the CLI subprocesses they start): on a small
+# or busy machine OpenMP spinning across threads makes tiny models many times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 import torch
@@ -44,6 +48,22 @@ def other_model_path(tmp_path_factory) -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def lm(tiny_model_path):
+    """The tiny model, loaded once (as the API caches it)."""
+    from mulancodec.api import get_model
+
+    return get_model(tiny_model_path, torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def corpus(lm):
+    """Valid .mlc files of every mode and shape, for the fuzz and hardening tests."""
+    import mlc_mutants
+
+    return mlc_mutants.build_corpus(lm)
+
+
 @pytest.fixture()
 def use_tiny_model(tiny_model_path, monkeypatch) -> Path:
     """Make the tiny model the default (as the shipped model would be)."""
@@ -69,5 +89,3 @@ def need(path: Path) -> Path:
         pytest.skip(f"{path} is not present (../shared/datasets is beside a full checkout only)")
     return path
 
-
-os.environ.setdefault("MULANCODEC_TEST", "1")

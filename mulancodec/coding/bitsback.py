@@ -31,6 +31,7 @@ import torch
 
 from ..model.mulan import (MuLAN, data_posterior, decoder_params, forward_step, reverse_step,
                            to_unit)
+from . import container as fmt
 from .codecs import CodingError, PixelGaussian, Stack, StackUnderflow, WindowedGaussian, seed_words
 
 
@@ -277,13 +278,13 @@ def encode_tiles(model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], size: i
                  progress: Callable[[int], None] | None = None) -> Encoded:
     """Code all tiles as one bits-back stream."""
     coded_per_tile = [int(j.coded.sum()) for j in jobs]
-    seed = (24 * coded_per_tile[0] + 64 * 1024) // 32 + 64
-    for _attempt in range(6):
+    max_batch = min(max_batch, fmt.max_batch(size))
+    for seed in fmt.seed_sizes(coded_per_tile[0]):
         try:
             return _encode_with_seed(model, spec, jobs, size, device, max_batch, seed,
                                      coded_per_tile, progress)
         except StackUnderflow:
-            seed *= 4
+            pass
     raise CodingError("bits-back stream could not be seeded")
 
 
@@ -327,20 +328,28 @@ def decode_tiles(model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], size: i
                  device: torch.device, enc: Encoded,
                  progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
     """Inverse of encode_tiles: the (3,S,S) uint8 pixels of every tile, in order."""
-    if sum(enc.plan) != len(jobs):
-        raise CodingError("batch plan does not cover the tiles")
-    if enc.stripped > enc.seed_words + 1:
+    if sum(enc.plan) != len(jobs) or max(enc.plan, default=0) > fmt.max_batch(size):
+        raise CodingError("batch plan does not fit the tiles")
+    if (enc.stripped > enc.seed_words + 1
+            or not 1 <= enc.seed_words <= fmt.seed_sizes(int(jobs[0].coded.sum()))[-1]):
         raise CodingError("corrupt seed description")
     seed_arr = seed_words(enc.seed_words)[::-1]
-    words = np.concatenate([seed_arr[:enc.stripped], enc.payload]).astype(np.uint32)
+    words = np.concatenate([seed_arr[:enc.stripped], enc.payload]).astype(np.uint32, copy=False)
     stack = Stack(words)
-    stack.checked = False
+    # Every state the decoder passes through is one the encoder passed through, and the
+    # encoder never let a pop leave fewer than MIN_HEAD_BITS: running lower means garbage,
+    # so a corrupt stream stops here instead of decoding every tile on an empty stack.
+    stack.checked = True
     out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(jobs)
     ends = np.cumsum(enc.plan)
     for b, end in zip(reversed(enc.plan), reversed(ends.tolist())):
         start = end - b
         tb = TileBatch(model, spec, jobs[start:end], size, device)
-        x = decode_batch(stack, tb).cpu().numpy()
+        try:
+            x = decode_batch(stack, tb).cpu().numpy()
+        except StackUnderflow:
+            raise CodingError("the stream ran out of bits: the file is corrupt or was made with a "
+                              "different model or software environment") from None
         for j in range(b):
             out[start + j] = x[j]
         if progress is not None:

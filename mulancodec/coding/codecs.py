@@ -28,6 +28,8 @@ _CHUNK = _model.Uniform(1 << CHUNK_BITS)
 _PIXELS = _model.QuantizedGaussian(0, 255)
 MAX_ESCAPE = 1 << (2 * CHUNK_BITS)  # escape offsets are coded as two 16-bit chunks
 MIN_HEAD_BITS = 64  # a pop must leave at least this much on the stack
+MAX_RADIUS = 1 << 22  # constriction's 24-bit models cannot give a wider window nonzero mass
+MAX_CENTRE = 2.0 ** 52  # means (in bins) beyond this cannot be rounded to an int64 bin exactly
 
 
 class CodingError(Exception):
@@ -41,13 +43,18 @@ class StackUnderflow(CodingError):
 def seed_words(n: int) -> np.ndarray:
     """The first n words of a fixed pseudo-random sequence (splitmix64, our own: no
     library's generator may change it), top of stack first."""
-    i = np.arange(1, n + 1, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = i * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(32)).astype(np.uint32)
+    out = np.empty(n, np.uint32)
+    for start in range(0, n, 1 << 16):  # in chunks: a long seed costs 4 bytes a word, not 40
+        z = np.arange(start + 1, min(n, start + (1 << 16)) + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            z *= np.uint64(0x9E3779B97F4A7C15)
+            z ^= z >> np.uint64(30)
+            z *= np.uint64(0xBF58476D1CE4E5B9)
+            z ^= z >> np.uint64(27)
+            z *= np.uint64(0x94D049BB133111EB)
+            z ^= z >> np.uint64(31)
+        out[start:start + len(z)] = z >> np.uint64(32)
+    return out
 
 
 class Stack:
@@ -150,11 +157,14 @@ class WindowedGaussian:
     reverse: bool = False
 
     def __post_init__(self) -> None:
+        # checked before they reach constriction, whose errors here are Rust panics
+        if not 1 <= self.radius <= MAX_RADIUS:
+            raise CodingError(f"coding window of {self.radius} bins is out of range")
+        if not np.all(np.abs(self.mean) < MAX_CENTRE) or not np.all(np.isfinite(self.std)):
+            raise CodingError("model produced non-finite or out-of-range parameters")
         self.centre = np.rint(self.mean).astype(np.int64)
         self.rel = np.ascontiguousarray(self.mean - self.centre, dtype=np.float64)
         self.std = np.ascontiguousarray(np.maximum(self.std, 1e-6), dtype=np.float64)
-        if not np.all(np.isfinite(self.rel)) or not np.all(np.isfinite(self.std)):
-            raise CodingError("model produced non-finite parameters")
         edge = self.radius + 1 if self.escapes else self.radius
         self.model = _model.QuantizedGaussian(-edge, edge)
         if self.reverse:
@@ -200,7 +210,7 @@ class PixelGaussian:
     def __post_init__(self) -> None:
         self.mean = np.ascontiguousarray(np.clip(self.mean, -1e6, 1e6), dtype=np.float64)
         self.std = np.ascontiguousarray(np.clip(self.std, 1e-6, 1e6), dtype=np.float64)
-        if not np.all(np.isfinite(self.mean)):
+        if not np.all(np.isfinite(self.mean)) or not np.all(np.isfinite(self.std)):
             raise CodingError("model produced non-finite parameters")
 
     def push(self, stack: Stack, x: np.ndarray) -> None:

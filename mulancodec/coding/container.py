@@ -24,6 +24,9 @@ MAX_TILE = 1024
 MAX_SEED_WORDS = 1 << 26
 MAX_BATCHES = 1 << 24
 MAX_TILES = 1 << 26
+MAX_THREADS = 256  # the decoder starts this many CPU threads if a file asks for them
+MAX_BATCH_PIXELS = 1 << 18  # tiles x tile^2 in one batch (one tile always fits): bounds decoder memory
+SEED_TRIES = 6  # the encoder tries seed_sizes() in order until the first batch fits
 
 
 class FormatError(Exception):
@@ -218,6 +221,22 @@ def _read_image(r: _Reader, max_bytes: int) -> ImageRecord:
     return rec
 
 
+def max_batch(tile: int) -> int:
+    """The most tiles one batch may hold."""
+    return max(1, MAX_BATCH_PIXELS // (tile * tile))
+
+
+def seed_sizes(coded_first_tile: int) -> list[int]:
+    """Seed lengths (words) the encoder tries, given the coded subpixels of the first tile."""
+    base = (24 * coded_first_tile + 64 * 1024) // 32 + 64
+    return [base * 4 ** k for k in range(SEED_TRIES)]
+
+
+def max_seed_words(tile: int) -> int:
+    """The longest seed a file with this tile size can name (the last try for a colour tile)."""
+    return min(MAX_SEED_WORDS, seed_sizes(3 * tile * tile)[-1])
+
+
 def tiles_in(rec: ImageRecord, tile: int) -> int:
     """Tiles the model codes for this image (0 when it is embedded)."""
     if rec.method != METHOD_MODEL:
@@ -264,9 +283,11 @@ def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
     if backend_i >= len(BACKENDS):
         raise FormatError(f"unknown backend {backend_i}")
     bf16 = r.u8()
-    if bf16 > 1:
-        raise FormatError("bad precision flag")
-    threads = r.varint(4096, "threads")
+    if bf16 > 1 or (bf16 and BACKENDS[backend_i] != "cuda"):
+        raise FormatError("bad precision flag (bf16 is for cuda files only)")
+    threads = r.varint(MAX_THREADS, "threads")
+    if threads < 1:
+        raise FormatError("threads must be at least 1")
     (env_tag,) = struct.unpack("<I", r.take(4))
     steps = r.varint(MAX_STEPS, "steps")
     if steps < 1:
@@ -310,6 +331,9 @@ def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
         k = r.varint(MAX_BATCHES, "batch repeat")
         if b < 1 or k < 1:
             raise FormatError("empty batch in plan")
+        if b > max_batch(tile):
+            raise FormatError(f"batch of {b} tiles in the plan (at most {max_batch(tile)} of "
+                              f"{tile}x{tile} pixels)")
         plan_total += b * k
         if plan_total > MAX_TILES:
             raise FormatError("batch plan too long")
@@ -318,7 +342,7 @@ def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
     if plan_total != needed:
         raise FormatError(f"batch plan covers {plan_total} tiles, the images have {needed}")
     h.plan = [b for b, k in runs for _ in range(k)]
-    h.seed_words = r.varint(MAX_SEED_WORDS, "seed length")
+    h.seed_words = r.varint(max_seed_words(tile), "seed length")
     h.stripped = r.varint(h.seed_words + 1, "stripped seed words")
     if needed and h.seed_words < 1:
         raise FormatError("missing seed")

@@ -24,6 +24,10 @@ class ModelConfig:
     # schedule: "mulan" (per-subpixel, conditioned on c), "scalar" (learned, shared), "linear"
     schedule: str = "mulan"
     schedule_width: int = 32
+    # map from c to the coefficient maps: "conv" (small upsampling decoder, any tile size)
+    # or "dense" (the paper's style: flatten c, two dense layers; fixed tile size)
+    schedule_head: str = "conv"
+    schedule_dense_width: int = 1024
     schedule_eps: float = 1e-4  # f(t) += eps * t keeps the schedule strictly increasing
     # auxiliary latent c: `latent_channels` x (H/f) x (W/f) Gaussian; 0 disables it
     latent_channels: int = 4
@@ -61,6 +65,28 @@ class ModelConfig:
         return cfg
 
     def validate(self) -> None:
+        ints = {"channels": (3, 3), "tile": (1, 1024), "schedule_width": (1, 4096),
+                "schedule_dense_width": (1, 1 << 16), "latent_channels": (0, 256),
+                "latent_factor": (1, 256), "latent_width": (1, 4096), "width": (1, 4096),
+                "blocks": (1, 64)}
+        for name, (lo, hi) in ints.items():
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {v!r}")
+        for name in ("gamma_min", "gamma_max", "schedule_eps", "latent_std_min", "dropout"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or abs(v) > 1e6:
+                raise ValueError(f"{name} must be a finite number, not {v!r}")
+        for name in ("mults", "attn_res", "fourier_powers"):
+            v = getattr(self, name)
+            if not all(isinstance(e, int) and not isinstance(e, bool) and 0 <= e <= 4096 for e in v):
+                raise ValueError(f"{name} must hold small non-negative integers, not {v!r}")
+        if not 1 <= len(self.mults) <= 8 or min(self.mults) < 1:
+            raise ValueError("mults must hold 1 to 8 positive integers")
+        if not self.schedule_eps > 0 or not self.latent_std_min > 0:
+            raise ValueError("schedule_eps and latent_std_min must be positive")
+        if self.schedule_head not in ("conv", "dense"):
+            raise ValueError(f"schedule_head must be conv or dense, not {self.schedule_head!r}")
         if self.schedule not in ("mulan", "scalar", "linear"):
             raise ValueError(f"schedule must be mulan, scalar or linear, not {self.schedule!r}")
         if not self.gamma_min < self.gamma_max:
@@ -142,6 +168,14 @@ CONFIGS: dict[str, Config] = {
     "tiny-scalar": Config("tiny-scalar", _tiny_model(schedule="scalar"), _TINY_TRAIN),
     "tiny-nolatent": Config("tiny-nolatent", _tiny_model(latent_channels=0), _TINY_TRAIN),
     "tiny-linear": Config("tiny-linear", _tiny_model(schedule="linear", latent_channels=0), _TINY_TRAIN),
+    # The ablations at 32x32 and CPU scale, trained for equal time (see MODEL_CARD.md).
+    **{f"mini{suffix}": Config(f"mini{suffix}", ModelConfig(
+        width=16, mults=(1, 2), blocks=1, attn_res=(), schedule_width=16, latent_width=16, **kw),
+        TrainConfig(batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.998, log_every=25,
+                    eval_every=10 ** 9, eval_images=0))
+       for suffix, kw in [("", {}), ("-dense", {"schedule_head": "dense"}),
+                          ("-scalar", {"schedule": "scalar"}), ("-nolatent", {"latent_channels": 0}),
+                          ("-linear", {"schedule": "linear", "latent_channels": 0})]},
     # CPU-trainable and CPU-codable: the interim shipped model when no GPU is lent.
     "small": Config(
         "small",

@@ -61,17 +61,26 @@ class ScheduleNet(nn.Module):
         C = cfg.channels
         self.kind = cfg.schedule
         self.conditional = cfg.schedule == "mulan" and cfg.latent_channels > 0
-        if self.conditional:
+        if self.conditional and cfg.schedule_head == "dense":
+            # the paper's form, for the ablation: dense layers from flattened c, fixed tile
+            n_c = cfg.latent_channels * (cfg.tile // cfg.latent_factor) ** 2
+            hidden = cfg.schedule_dense_width
+            head = nn.Linear(hidden, 3 * C * cfg.tile * cfg.tile)
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(n_c, hidden), nn.SiLU(), head,
+                                     nn.Unflatten(1, (3 * C, cfg.tile, cfg.tile)))
+        elif self.conditional:
             S = cfg.schedule_width
             layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, S, 3, padding=1), nn.SiLU()]
             for _ in range(int(math.log2(cfg.latent_factor))):
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"),
                            nn.Conv2d(S, S, 3, padding=1), nn.SiLU()]
             head = nn.Conv2d(S, 3 * C, 1)
+            self.net = nn.Sequential(*layers, head)
+        if self.conditional:
             nn.init.normal_(head.weight, std=1e-3)
             with torch.no_grad():  # start from the linear schedule: a = b = 0, d = 1
-                head.bias.copy_(torch.tensor([0.0] * C + [0.0] * C + [1.0] * C))
-            self.net = nn.Sequential(*layers, head)
+                bias = torch.tensor([0.0] * C + [0.0] * C + [1.0] * C)
+                head.bias.copy_(bias.repeat_interleave(head.bias.numel() // (3 * C)))
         elif self.kind in ("mulan", "scalar"):
             # "mulan" without a latent learns one schedule per channel; "scalar" one for all.
             n = C if self.kind == "mulan" else 1

@@ -1,0 +1,92 @@
+"""Sizes and times turned into table rows, and the bit-exact check every codec must pass.
+
+Every number comes from real bytes (headers included) and real decodes, so a
+row can be trusted without reading the codec's own claims.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+class BitExactError(Exception):
+    """A codec returned pixels that differ from the input: the benchmark is void."""
+
+
+def bits_per_subpixel(total_bytes: int, total_subpixels: int) -> float:
+    """8 * bytes / subpixels: the unit of the table (bits per dimension)."""
+    if total_subpixels <= 0:
+        raise ValueError("no subpixels")
+    return 8.0 * total_bytes / total_subpixels
+
+
+def subpixels(images: Sequence[np.ndarray]) -> int:
+    return int(sum(im.size for im in images))
+
+
+def check_exact(codec: str, index: int, original: np.ndarray, decoded: Any) -> None:
+    """Raise BitExactError unless `decoded` is exactly `original` (shape, dtype, values)."""
+    dec = np.asarray(decoded)
+    if dec.shape != original.shape or dec.dtype != original.dtype:
+        raise BitExactError(f"{codec}: image {index} decoded as {dec.dtype}{dec.shape}, "
+                            f"expected {original.dtype}{original.shape}")
+    if not np.array_equal(dec, original):
+        n = int((dec != original).sum())
+        raise BitExactError(f"{codec}: image {index} is not bit-exact after decoding "
+                            f"({n} of {original.size} subpixels differ)")
+
+
+@dataclass
+class Tally:
+    """What one codec row accumulates: bytes and encode/decode seconds over all images."""
+
+    n_images: int = 0
+    subpixels: int = 0
+    bytes: int = 0
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, codec: str, steps: int | None = None) -> dict[str, Any]:
+        """The common row fields; times are per image, images_per_s is encode throughput."""
+        n = max(1, self.n_images)
+        return {
+            "codec": codec,
+            "steps": steps,
+            "bpd": bits_per_subpixel(self.bytes, self.subpixels),
+            "bytes": self.bytes,
+            "n_images": self.n_images,
+            "subpixels": self.subpixels,
+            "encode_s": self.encode_s / n,
+            "decode_s": self.decode_s / n,
+            "images_per_s": self.n_images / self.encode_s if self.encode_s > 0 else float("inf"),
+            "decode_images_per_s": self.n_images / self.decode_s if self.decode_s > 0 else float("inf"),
+            "bit_exact": True,  # rows exist only for codecs that passed check_exact
+            **self.extra,
+        }
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def measure_codec(name: str, encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], Any],
+                  images: Sequence[np.ndarray], tick: Callable[[], None] = lambda: None) -> Tally:
+    """Encode, decode and check every image one at a time (one file per image)."""
+    tally = Tally()
+    for i, im in enumerate(images):
+        data, te = timed(lambda: encode(im))
+        out, td = timed(lambda: decode(bytes(data)))
+        check_exact(name, i, im, out)
+        tally.n_images += 1
+        tally.subpixels += im.size
+        tally.bytes += len(data)
+        tally.encode_s += te
+        tally.decode_s += td
+        tick()
+    return tally

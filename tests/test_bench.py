@@ -1,0 +1,142 @@
+"""The benchmark suite (benchmarks/): end to end on tiny inputs, its arithmetic, its refusals."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import smooth_image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import classical, measure, run  # noqa: E402
+from benchmarks.profiling import CodingProfile  # noqa: E402
+
+
+def _png_folder(tmp_path: Path, sizes: list[tuple[int, int]]) -> Path:
+    rng = np.random.default_rng(7)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(smooth_image(rng, h, w, 3)).save(d / f"{i}.png")
+    return d
+
+
+def test_end_to_end_tiny(tmp_path, tiny_model_path):
+    data = _png_folder(tmp_path, [(16, 16), (20, 24), (16, 16)])
+    out = tmp_path / "out"
+    rc = run.main(["--data", str(data), "--steps", "2", "--model", str(tiny_model_path),
+                   "--out", str(out), "--no-progress", "--threads", "1"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    rows, meta = res["rows"], res["meta"]
+    available = [c.name for c in classical.CODECS if classical.unavailable_reason(c) is None]
+    names = [r["codec"] for r in rows]
+    for name in available:
+        assert name in names
+    assert set(meta["skipped_codecs"]) == {c.name for c in classical.CODECS} - set(available)
+    mulan = {r["codec"]: r for r in rows if r["codec"].startswith("mulancodec")}
+    assert set(mulan) == {"mulancodec per-image", "mulancodec stream"}
+    assert all(r["steps"] == 2 for r in mulan.values())
+    assert all(r["bit_exact"] for r in rows)
+    subpixels = 3 * (16 * 16 + 20 * 24 + 16 * 16)
+    for r in rows:
+        assert r["n_images"] == 3 and r["subpixels"] == subpixels
+        assert r["bpd"] == pytest.approx(8 * r["bytes"] / subpixels)
+        assert r["encode_s"] > 0 and r["decode_s"] > 0
+    for r in mulan.values():
+        assert r["elbo_bpd"] is not None
+        assert r["overhead_bpd"] == pytest.approx(r["bpd"] - r["elbo_bpd"])
+        assert r["encode_network_s"] > 0 and r["encode_ans_s"] > 0
+    per = mulan["mulancodec per-image"]
+    assert 0 <= per["embedded_files"] <= 3 and per["bits_back_bpd"] > 0
+    assert "full 16x16 tiles" in " ".join(meta["notes"])
+    assert meta["N"] == 3 and meta["model_tile"] == 16 and meta["hardware"]["cpu"]
+    assert meta["hardware"]["torch_threads"] == 1
+    md = (out / "results.md").read_text()
+    assert "| mulancodec stream | 2 |" in md
+    for png in ("bpd_by_codec.png", "bpd_vs_encode_time.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_bpd_hand_computed():
+    """2 images of 4x4x3 (96 subpixels) coded in 10 + 14 bytes: 8 * 24 / 96 = 2 bits each."""
+    images = [np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 9, np.uint8)]
+    sizes = iter([10, 14])
+    files: dict[bytes, np.ndarray] = {}
+
+    def encode(x: np.ndarray) -> bytes:
+        data = bytes([len(files)]) * next(sizes)
+        files[data] = x.copy()
+        return data
+
+    tally = measure.measure_codec("fake", encode, files.__getitem__, images)
+    row = tally.row("fake")
+    assert (row["bytes"], row["subpixels"], row["n_images"]) == (24, 96, 2)
+    assert row["bpd"] == 2.0
+    assert measure.bits_per_subpixel(24, 96) == 2.0
+    assert row["images_per_s"] == pytest.approx(2 / tally.encode_s)
+
+
+def test_mismatch_fails_the_run(tmp_path, monkeypatch, capsys):
+    png = classical.lookup("PNG")
+    lossy = classical.ClassicalCodec("PNG", png.lib, png.settings, png.encode,
+                                     lambda b: png.decode(b) ^ np.uint8(1))
+    monkeypatch.setattr(classical, "CODECS", [lossy])
+    data = _png_folder(tmp_path, [(8, 8)])
+    rc = run.main(["--data", str(data), "--codecs", "PNG", "--no-mulan", "--out", str(tmp_path / "o"),
+                   "--no-progress"])
+    assert rc == run.EXIT_FAIL
+    assert "not bit-exact" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_unavailable_codec_is_skipped(tmp_path, monkeypatch):
+    real = classical.unavailable_reason
+    monkeypatch.setattr(classical, "unavailable_reason",
+                        lambda c: "not in this build" if c.name == "QOI" else real(c))
+    data = _png_folder(tmp_path, [(8, 8)])
+    out = tmp_path / "o"
+    assert run.main(["--data", str(data), "--codecs", "qoi", "png", "--no-mulan", "--out", str(out),
+                     "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["codec"] for r in res["rows"]] == ["PNG"]
+    assert res["meta"]["skipped_codecs"] == {"QOI": "not in this build"}
+
+
+def test_unknown_codec_is_a_usage_error(tmp_path):
+    assert run.main(["--data", str(tmp_path), "--codecs", "gif"]) == run.EXIT_USAGE
+
+
+def test_codec_names_are_forgiving():
+    assert classical.lookup("jpeg2000").name == "JPEG 2000"
+    assert classical.lookup("jxl").name == "JPEG-XL"
+    assert classical.lookup("webp").name == "WebP"
+
+
+def test_profile_restores_methods():
+    from mulancodec.coding import bitsback, codecs
+
+    before = (bitsback.TileBatch.eps, codecs.WindowedGaussian.push, codecs.PixelGaussian.pop)
+    with CodingProfile():
+        assert bitsback.TileBatch.eps is not before[0]
+    assert (bitsback.TileBatch.eps, codecs.WindowedGaussian.push, codecs.PixelGaussian.pop) == before
+
+
+def test_runs_as_a_script(tmp_path):
+    """`python benchmarks/run.py` (not -m) must find its package and write results."""
+    import subprocess
+
+    data = _png_folder(tmp_path, [(8, 8)])
+    out = tmp_path / "o"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--data", str(data),
+                        "--codecs", "PNG", "--no-mulan", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "| PNG |" in p.stdout and (out / "results.json").exists()

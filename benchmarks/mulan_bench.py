@@ -111,8 +111,8 @@ def run_stream(images: Sequence[np.ndarray], steps: int, lm: LoadedModel, device
     """All images in one stream: the bits-back start-up cost is paid once."""
     enc_prof, dec_prof = CodingProfile(_sync_cuda(device)), CodingProfile(_sync_cuda(device))
     with enc_prof:
-        data, te = timed(lambda: mulancodec.compress_many(list(images), steps=steps, device=device,
-                                                           model=lm))
+        (data, st), te = timed(lambda: mulancodec.compress_many_with_stats(
+            list(images), steps=steps, device=device, model=lm))
     with dec_prof:
         outs, td = timed(lambda: mulancodec.decompress_many(data, device=device, model=lm))
     if len(outs) != len(images):
@@ -120,9 +120,10 @@ def run_stream(images: Sequence[np.ndarray], steps: int, lm: LoadedModel, device
     for i, (im, out) in enumerate(zip(images, outs)):
         check_exact(f"{STREAM} T={steps}", i, im, out)
     n = len(images)
-    header = mulancodec.read_header(data)
     tally = Tally(n, subpixels(images), len(data), te, td, {
-        "tiles": int(sum(header.plan)),
+        "tiles": st.tiles,
+        "first_batch_bits": st.first_batch_bits,
+        "batches": len(st.plan),
         **enc_prof.split(te, n, "encode"),
         **dec_prof.split(td, n, "decode"),
     })

@@ -11,13 +11,14 @@ Importing the package also registers the MLC format with Pillow.
 """
 __version__ = "0.1.0"
 
-from .api import (DecodeError, EncodeError, EncodeStats, compress, compress_many, compress_with_stats,
-                  decompress, decompress_image, decompress_many, decompress_pictures, read_header)
+from .api import (DecodeError, EncodeError, EncodeStats, compress, compress_many, compress_many_with_stats,
+                  compress_with_stats, decompress, decompress_image, decompress_many, decompress_pictures,
+                  read_header)
 from .coding.container import FormatError
 from .image import ImageError
 from .weights import ModelFileError, load_model
 
-__all__ = ["__version__", "compress", "compress_many", "compress_with_stats", "decompress",
+__all__ = ["__version__", "compress", "compress_many", "compress_many_with_stats", "compress_with_stats", "decompress",
            "decompress_image", "decompress_many", "decompress_pictures", "read_header", "load_model",
            "DecodeError", "EncodeError", "EncodeStats", "FormatError", "ImageError", "ModelFileError"]
 

@@ -269,13 +269,21 @@ def compress_many(images: Iterable[img.ImageLike], *, steps: int | None = None,
     `names` (optional, one per image, no newlines) are stored so a decoder can
     restore file names.
     """
+    return compress_many_with_stats(images, steps=steps, device=device, model=model,
+                                    max_batch=max_batch, max_pixels=max_pixels, names=names,
+                                    progress=progress)[0]
+
+
+def compress_many_with_stats(images: Iterable[img.ImageLike], *, max_pixels: int | None = None,
+                             names: Sequence[str] | None = None,
+                             **kw: object) -> tuple[bytes, EncodeStats]:
+    """`compress_many`, also returning what the encode measured."""
     pics = _load_all(images, max_pixels)
     if names is not None:
         names = list(names)
         if len(names) != len(pics) or any("\n" in n for n in names):
             raise EncodeError("names must be one line per image")
-    return _encode(pics, steps=steps, device=device, model=model, fallback=False,
-                   max_batch=max_batch, progress=progress, names=names)[0]
+    return _encode(pics, fallback=False, names=names, **kw)  # type: ignore[arg-type]
 
 
 # -- decoding ---------------------------------------------------------------------------
@@ -397,6 +405,6 @@ def decompress_many(data: bytes, *, device: "str | torch.device | None" = None,
     return [p.array() for p in _decode(data, device, model, max_pixels, None)]
 
 
-__all__ = ["compress", "compress_many", "compress_with_stats", "decompress", "decompress_image",
+__all__ = ["compress", "compress_many", "compress_many_with_stats", "compress_with_stats", "decompress", "decompress_image",
            "decompress_many", "decompress_pictures", "read_header", "DecodeError", "EncodeError",
            "EncodeStats", "ModelFileError"]

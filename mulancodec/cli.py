@@ -391,6 +391,8 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
         "steps": h.steps, "tile": h.tile, "kappa": h.kappa, "images": len(h.images),
         "bits_per_subpixel": round(8 * len(data) / sub, 4),
         "batches": len(h.plan), "seed_words": h.seed_words,
+        # decoding cost: one network evaluation per model-coded tile and step
+        "network_evaluations": sum(tiles_in(r, h.tile) for r in h.images) * h.steps,
         "image_list": [{"name": r.name, "mode": r.mode, "width": r.width, "height": r.height,
                         "method": "embedded" if r.method == METHOD_EMBED else "bits-back",
                         "tiles": tiles_in(r, h.tile)} for r in h.images],
@@ -401,7 +403,7 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
     click.echo(f"{file}: mulancodec v{VERSION} file, {len(data):,} bytes, "
                f"{d['bits_per_subpixel']} bits per subpixel")
     click.echo(f"  model {h.model_id}, {h.backend} {d['precision']}, T={h.steps}, tile {h.tile}, "
-               f"{len(h.plan)} batches")
+               f"{len(h.plan)} batches, {d['network_evaluations']:,} tile evaluations to decode")
     for r in d["image_list"][:20]:
         name = f" {r['name']}" if r["name"] else ""
         click.echo(f"  {r['mode']:4} {r['width']}x{r['height']} {r['method']}{name}")

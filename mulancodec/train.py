@@ -155,16 +155,23 @@ def load_checkpoint(out: Path, model: MuLAN, ema: MuLAN, opt: torch.optim.Optimi
     return TrainState(meta["step"], meta["epoch"], meta["pos"], meta["seconds"]), exact
 
 
-def _batch_indices(n: int, batch: int, seed: int, st: TrainState) -> tuple[np.ndarray, np.ndarray]:
-    """The next global batch (indices and flip flags); advances st.epoch/st.pos."""
-    if st.pos + batch > n:
-        st.epoch, st.pos = st.epoch + 1, 0
-    rng = np.random.default_rng([seed, st.epoch])
-    perm = rng.permutation(n)
-    flips = rng.random(n) < 0.5
-    idx = perm[st.pos:st.pos + batch]
-    st.pos += batch
-    return idx, flips[idx]
+class _Order:
+    """The data order: a permutation and flip flags per epoch, a pure function of (seed, epoch)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, -1
+        self.perm = self.flips = np.zeros(0)
+
+    def next(self, batch: int, st: TrainState) -> tuple[np.ndarray, np.ndarray]:
+        """The next global batch (indices and flip flags); advances st.epoch / st.pos."""
+        if st.pos + batch > self.n:
+            st.epoch, st.pos = st.epoch + 1, 0
+        if st.epoch != self.epoch:
+            rng = np.random.default_rng([self.seed, st.epoch])
+            self.perm, self.flips, self.epoch = rng.permutation(self.n), rng.random(self.n) < 0.5, st.epoch
+        idx = self.perm[st.pos:st.pos + batch]
+        st.pos += batch
+        return idx, self.flips[idx]
 
 
 def _lr(cfg: Config, step: int, since: int = 0) -> float:
@@ -260,10 +267,11 @@ def train(args: TrainArgs) -> int:
             log.write(json.dumps(rec) + "\n")
             log.flush()
 
+    order = _Order(n, tc.seed)
     run_start = time.time()
     seconds0 = st.seconds
     last_ckpt = time.time()
-    acc: dict[str, float] = {}
+    acc: dict[str, torch.Tensor] = {}
     acc_n = 0
     t_log = time.time()
     steps_at_log = st.step
@@ -284,7 +292,7 @@ def train(args: TrainArgs) -> int:
                     reason = "stopped by another process"
             if reason is not None:
                 break
-            idx, flips = _batch_indices(n, tc.batch_size, tc.seed, st)
+            idx, flips = order.next(tc.batch_size, st)
             mine = slice(rank * local_batch, (rank + 1) * local_batch)
             x = data[torch.from_numpy(idx[mine]).to(device)]
             f = torch.from_numpy(flips[mine]).to(device)
@@ -316,21 +324,25 @@ def train(args: TrainArgs) -> int:
             now = time.time()
             st.seconds = seconds0 + (now - run_start)
 
-            vals = {"bpd": loss.item(), "grad_norm": gnorm.item()}
+            # running sums stay on the device: no host sync except when logging
+            vals = {"bpd": loss.detach(), "grad_norm": gnorm.detach()}
             for k in ("diffusion", "recon", "prior", "latent"):
-                vals[k] = getattr(terms, k).mean().item()
+                vals[k] = getattr(terms, k).detach().mean()
             for k, v in vals.items():
-                acc[k] = acc.get(k, 0.0) + v
+                acc[k] = acc[k] + v if k in acc else v
             acc_n += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(bpd=f"{vals['bpd']:.3f}", lr=f"{lr:.1e}")
             if st.step % tc.log_every == 0 and main:
                 sps = (st.step - steps_at_log) / max(1e-9, now - t_log)
                 rec = {"kind": "train", "step": st.step, "seconds": round(st.seconds, 2), "lr": lr,
                        "steps_per_s": round(sps, 3)}
-                rec.update({k: round(v / acc_n, 5) for k, v in acc.items()})
+                rec.update({k: round(float(v) / acc_n, 5) for k, v in acc.items()})
+                if not math.isfinite(rec["bpd"]):
+                    raise FloatingPointError(f"loss is not finite near step {st.step}")
                 write(rec)
+                if bar is not None:
+                    bar.set_postfix(bpd=f"{rec['bpd']:.3f}", lr=f"{lr:.1e}")
                 if bar is None:
                     print(f"step {st.step} bpd {rec['bpd']:.4f} ({sps:.2f} steps/s)", file=sys.stderr)
                 acc, acc_n, t_log, steps_at_log = {}, 0, now, st.step
@@ -347,8 +359,6 @@ def train(args: TrainArgs) -> int:
                 if main:
                     save_checkpoint(out, cfg, model, ema, opt, st, args.compact)
                 last_ckpt = time.time()
-            if not math.isfinite(vals["bpd"]):
-                raise FloatingPointError(f"loss is not finite at step {st.step}")
         failed = False
     finally:
         if main and not failed:

@@ -246,11 +246,10 @@ def train(args: TrainArgs) -> int:
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     log = (out / "log.jsonl").open("a") if main else None
     bar = None
-    if main and args.progress:
+    if main and args.progress and sys.stderr.isatty():  # otherwise one line per log interval
         from tqdm import tqdm
 
-        bar = tqdm(total=args.max_steps, initial=st.step, unit="step", dynamic_ncols=True,
-                   disable=not sys.stderr.isatty())
+        bar = tqdm(total=args.max_steps, initial=st.step, unit="step", dynamic_ncols=True)
     if main:
         dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         write_start = {"kind": "start", "step": st.step, "seconds": round(st.seconds, 2),
@@ -343,7 +342,7 @@ def train(args: TrainArgs) -> int:
                 write(rec)
                 if bar is not None:
                     bar.set_postfix(bpd=f"{rec['bpd']:.3f}", lr=f"{lr:.1e}")
-                if bar is None:
+                elif main:
                     print(f"step {st.step} bpd {rec['bpd']:.4f} ({sps:.2f} steps/s)", file=sys.stderr)
                 acc, acc_n, t_log, steps_at_log = {}, 0, now, st.step
             if eval_x is not None and st.step % tc.eval_every == 0 and main:

@@ -217,6 +217,7 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
         with deterministic(dev, threads):
             enc = encode_tiles(lm.model, spec, jobs, tile, dev, mb, progress)
         header.plan, header.seed_words, header.stripped = enc.plan, enc.seed_words, enc.stripped
+        header.direct = enc.direct
     data = fmt.write(header, enc.payload)
     subpixels = sum(p.array().size for p in pics)
     stats = EncodeStats(len(data), subpixels, len(data) if jobs else None, False, enc.first_batch_bits,
@@ -319,7 +320,7 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
     jobs = _Tiles(None, h.images, h.tile)
     if jobs:
         spec = ChainSpec(h.steps, h.kappa, h.window, h.latent_delta, h.bf16)
-        enc = Encoded(payload, h.plan, h.seed_words, h.stripped, 0)
+        enc = Encoded(payload, h.plan, h.seed_words, h.stripped, 0, h.direct)
         try:
             with deterministic(dev, h.threads):
                 tiles = decode_tiles(lm.model, spec, jobs, h.tile, dev, enc, progress)

@@ -32,6 +32,8 @@ def test_round_trip(mode, size, tiny_model_path, rng):
     data = mc.compress(src, model=tiny_model_path, steps=3, fallback=False)
     h = mc.read_header(data)
     assert h.images[0].method == container.METHOD_MODEL
+    n_tiles = container.tiles_in(h.images[0], h.tile)
+    assert (h.direct >= 1) == (n_tiles > 1) and sum(h.plan) + h.direct == n_tiles and h.plan
     if mode == "P":
         back = mc.decompress_image(data, model=tiny_model_path)
         assert back.mode == "P" and back.size == src.size

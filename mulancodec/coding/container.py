@@ -61,6 +61,7 @@ class Header:
     tile: int
     images: list[ImageRecord] = field(default_factory=list)
     plan: list[int] = field(default_factory=list)
+    direct: int = 0  # leading tiles coded directly (PNG/WebP on the stack)
     seed_words: int = 0
     stripped: int = 0
     checksum: bytes = b"\0" * 8
@@ -178,7 +179,7 @@ def write(h: Header, payload: np.ndarray) -> bytes:
         hb += _image_bytes(r)
     names = [r.name for r in h.images]
     hb += _blob("\n".join(names).encode() if any(names) else b"")
-    hb += _plan_bytes(h.plan)
+    hb += _plan_bytes(h.plan) + _varint(h.direct)
     hb += _varint(h.seed_words) + _varint(h.stripped) + h.checksum
     head = MAGIC + bytes([VERSION]) + _varint(len(hb)) + bytes(hb)
     body = payload.astype("<u4").tobytes()
@@ -338,9 +339,12 @@ def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
         if plan_total > MAX_TILES:
             raise FormatError("batch plan too long")
         runs.append((b, k))
+    h.direct = r.varint(MAX_TILES, "directly coded tiles")
     needed = sum(tiles_in(rec, tile) for rec in h.images)
-    if plan_total != needed:
-        raise FormatError(f"batch plan covers {plan_total} tiles, the images have {needed}")
+    if needed and not plan_total:
+        raise FormatError("the batch plan is empty")
+    if plan_total + h.direct != needed:
+        raise FormatError(f"batch plan covers {plan_total + h.direct} tiles, the images have {needed}")
     h.plan = [b for b, k in runs for _ in range(k)]
     h.seed_words = r.varint(max_seed_words(tile), "seed length")
     h.stripped = r.varint(h.seed_words + 1, "stripped seed words")

@@ -1,0 +1,75 @@
+"""A tile coded directly (lossless PNG or WebP bytes pushed as uniform symbols).
+
+Bits-back needs bits on the stack before its first pops: about two steps'
+worth per subpixel. A stream's first tile, coded directly, puts real
+information there instead of a random seed (HiLLoC seeds with FLIF the same
+way), so a mid-size image no longer pays that start-up cost in full.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from ..image import own_size_limit
+from .codecs import CodingError, Stack, Uniform
+
+LENGTH_BITS = 32
+
+
+def block(pixels: np.ndarray, coded: np.ndarray) -> np.ndarray:
+    """The tile's coded subpixels as an (h, w, C) image (C = 1 for grey tiles)."""
+    mask = coded.reshape(pixels.shape)
+    chans = int(mask.any(axis=(1, 2)).sum())
+    h, w = int(mask[0].any(axis=1).sum()), int(mask[0].any(axis=0).sum())
+    return np.ascontiguousarray(pixels[:chans, :h, :w].transpose(1, 2, 0))
+
+
+def unblock(values: np.ndarray, src: np.ndarray, coded: np.ndarray, size: int) -> np.ndarray:
+    """Inverse of `block`: the (3, S, S) padded tile (padding and grey copies filled in)."""
+    flat = np.zeros(coded.shape, np.uint8)
+    flat[coded] = values.transpose(2, 0, 1).reshape(-1)
+    return flat[src].reshape(3, size, size)
+
+
+def _encode(b: np.ndarray) -> bytes:
+    im = Image.fromarray(b[..., 0] if b.shape[2] == 1 else b)
+    cands = []
+    for fmt, kw in (("PNG", {"optimize": True}),
+                    ("WEBP", {"lossless": True, "quality": 100, "method": 6, "exact": True})):
+        if fmt == "WEBP" and b.shape[2] != 3:
+            continue
+        buf = io.BytesIO()
+        im.save(buf, format=fmt, **kw)
+        cands.append(buf.getvalue())
+    return min(cands, key=len)
+
+
+def push(stack: Stack, b: np.ndarray) -> None:
+    """Push an (h, w, C) uint8 block: its bytes, then their length (popped first)."""
+    data = _encode(b)
+    padded = data + b"\0" * (len(data) % 2)
+    chunks = np.frombuffer(padded, dtype="<u2").astype(np.int64)
+    Uniform(16, len(chunks)).push(stack, chunks)
+    Uniform(LENGTH_BITS, 1).push(stack, np.array([len(data)]))
+
+
+def pop(stack: Stack, h: int, w: int, chans: int) -> np.ndarray:
+    """Pop a block pushed by `push`; refuses anything but a PNG/WebP of exactly that shape."""
+    n = int(Uniform(LENGTH_BITS, 1).pop(stack)[0])
+    if not 0 < n <= 1024 + 2 * h * w * chans:
+        raise CodingError("corrupt directly coded tile")
+    chunks = Uniform(16, (n + 1) // 2).pop(stack)
+    data = chunks.astype("<u2").tobytes()[:n]
+    try:
+        # a tile is at most 1024 x 1024 (the container's bound), so Pillow's global
+        # bomb limit must not apply here
+        with own_size_limit(), Image.open(io.BytesIO(data), formats=["PNG", "WEBP"]) as im:
+            if im.size != (w, h):
+                raise CodingError("corrupt directly coded tile")
+            im.load()
+            out = np.asarray(im.convert("L" if chans == 1 else "RGB"))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CodingError(f"corrupt directly coded tile ({e})") from None
+    return out.reshape(h, w, chans)

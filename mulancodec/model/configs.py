@@ -168,7 +168,7 @@ CONFIGS: dict[str, Config] = {
     "tiny-scalar": Config("tiny-scalar", _tiny_model(schedule="scalar"), _TINY_TRAIN),
     "tiny-nolatent": Config("tiny-nolatent", _tiny_model(latent_channels=0), _TINY_TRAIN),
     "tiny-linear": Config("tiny-linear", _tiny_model(schedule="linear", latent_channels=0), _TINY_TRAIN),
-    # The ablations at 32x32 and CPU scale, trained for equal time (see MODEL_CARD.md).
+    # The ablations at 32x32 and CPU scale, trained for equal steps (runs compared in the model issue's closing note).
     **{f"mini{suffix}": Config(f"mini{suffix}", ModelConfig(
         width=16, mults=(1, 2), blocks=1, attn_res=(), schedule_width=16, latent_width=16, **kw),
         TrainConfig(batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.998, log_every=25,

@@ -98,15 +98,7 @@ class EncodeStats:
 
 def _embed(pic: img.Picture) -> bytes:
     """The smallest exact PNG/WebP of the picture (the fallback when bits-back loses)."""
-    cands = []
-    im = pic.to_pil()
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    cands.append(buf.getvalue())
-    if pic.mode in ("RGB", "RGBA"):
-        buf = io.BytesIO()
-        im.save(buf, format="WEBP", lossless=True, quality=100, method=6, exact=True)
-        cands.append(buf.getvalue())
+    cands = img.lossless_encodings(pic.to_pil())
     good = [c for c in sorted(cands, key=len) if _unembed(c, pic.mode, pic.width, pic.height).checksum()
             == pic.checksum()]
     if not good:
@@ -406,6 +398,6 @@ def decompress_many(data: bytes, *, device: "str | torch.device | None" = None,
     return [p.array() for p in _decode(data, device, model, max_pixels, None)]
 
 
-__all__ = ["compress", "compress_many", "compress_many_with_stats", "compress_with_stats", "decompress", "decompress_image",
-           "decompress_many", "decompress_pictures", "read_header", "DecodeError", "EncodeError",
+__all__ = ["compress", "compress_many", "compress_many_with_stats", "compress_with_stats",
+           "decompress", "decompress_image", "decompress_many", "decompress_pictures", "read_header", "DecodeError", "EncodeError",
            "EncodeStats", "ModelFileError"]

@@ -105,14 +105,17 @@ def write_atomic(path: Path, data: bytes, force: bool) -> None:
         raise
 
 
-def refuse_own_input(out: str, inputs: list[str]) -> None:
-    """Never write an output onto one of its own inputs, even with -f: the input would be lost."""
+def check_target(out: str, inputs: list[str], force: bool) -> None:
+    """Before any work: an output may replace an existing file only with -f, and never
+    one of its own inputs (even with -f: the input would be lost)."""
     if out == "-" or not Path(out).exists():
         return
     for src in inputs:
         if src != "-" and Path(src).exists() and os.path.samefile(src, out):
             raise CliError(f"{out} is also the input: refusing to overwrite it (choose another -o)",
                            EXIT_OUTPUT)
+    if not force:
+        raise CliError(f"{out} exists (use -f to overwrite)", EXIT_OUTPUT)
 
 
 def emit(out: str, data: bytes, force: bool) -> None:
@@ -257,9 +260,7 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
         if len({o for _, o in jobs}) != len(jobs):
             raise click.UsageError("two inputs would write the same output name")
     for srcs, out in jobs:
-        refuse_own_input(out, srcs)
-        if out != "-" and Path(out).exists() and not force:
-            raise CliError(f"{out} exists (use -f to overwrite)", EXIT_OUTPUT)
+        check_target(out, srcs, force)
     dev = pick_device(device)
     lm = get_model(model_path, dev)
     for srcs, out in jobs:
@@ -356,9 +357,7 @@ def decode(input: str, output: str | None, fmt: str | None, model_path: str | No
         if len(set(targets)) != n:
             targets = [str(outdir / f"{i:06d}{ext}") for i in range(n)]
     for t in targets:
-        refuse_own_input(t, [input])
-        if t != "-" and Path(t).exists() and not force:
-            raise CliError(f"{t} exists (use -f to overwrite)", EXIT_OUTPUT)
+        check_target(t, [input], force)
     with progress_bar(sum(tiles_in(r, h.tile) for r in h.images), quiet, "decode") as bar:
         pics = decompress_pictures(data, device=device, model=model_path, max_pixels=max_pixels,
                                    progress=bar)

@@ -212,11 +212,24 @@ def probe(path: str | os.PathLike, max_pixels: int | None = None) -> None:
                              f"(supported: {', '.join(SUPPORTED_MODES)})")
 
 
+def _saved(im: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
 def png_bytes(plane: np.ndarray) -> bytes:
     """A greyscale plane as PNG: the side channel for alpha and for palette indices."""
-    buf = io.BytesIO()
-    Image.fromarray(plane, "L").save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
+    return _saved(Image.fromarray(plane, "L"), "PNG", optimize=True)
+
+
+def lossless_encodings(im: Image.Image) -> list[bytes]:
+    """The exact classical encodings we can fall back on: optimised PNG, and lossless
+    WebP for RGB / RGBA (WebP has no grey or palette mode that keeps them exactly)."""
+    out = [_saved(im, "PNG", optimize=True)]
+    if im.mode in ("RGB", "RGBA"):
+        out.append(_saved(im, "WEBP", lossless=True, quality=100, method=6, exact=True))
+    return out
 
 
 def png_plane(data: bytes, height: int, width: int) -> np.ndarray:

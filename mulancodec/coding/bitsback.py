@@ -375,7 +375,7 @@ def decode_tiles(model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], size: i
             progress(b)
     for k in reversed(range(enc.direct)):
         j = jobs[k]
-        shape = direct.block(np.zeros((3, size, size), np.uint8), j.coded).shape
+        shape = direct.block_shape(j.coded, size)
         try:
             out[k] = direct.unblock(direct.pop(stack, *shape), j.src, j.coded, size)
         except StackUnderflow:

@@ -12,17 +12,22 @@ import io
 import numpy as np
 from PIL import Image
 
-from ..image import own_size_limit
+from ..image import lossless_encodings, own_size_limit
 from .codecs import CodingError, Stack, Uniform
 
 LENGTH_BITS = 32
 
 
+def block_shape(coded: np.ndarray, size: int) -> tuple[int, int, int]:
+    """(h, w, C) of a tile's coded subpixels, from its (3 x size x size) coded mask."""
+    mask = coded.reshape(3, size, size)
+    chans = int(mask.any(axis=(1, 2)).sum())
+    return int(mask[0].any(axis=1).sum()), int(mask[0].any(axis=0).sum()), chans
+
+
 def block(pixels: np.ndarray, coded: np.ndarray) -> np.ndarray:
     """The tile's coded subpixels as an (h, w, C) image (C = 1 for grey tiles)."""
-    mask = coded.reshape(pixels.shape)
-    chans = int(mask.any(axis=(1, 2)).sum())
-    h, w = int(mask[0].any(axis=1).sum()), int(mask[0].any(axis=0).sum())
+    h, w, chans = block_shape(coded, pixels.shape[-1])
     return np.ascontiguousarray(pixels[:chans, :h, :w].transpose(1, 2, 0))
 
 
@@ -33,22 +38,9 @@ def unblock(values: np.ndarray, src: np.ndarray, coded: np.ndarray, size: int) -
     return flat[src].reshape(3, size, size)
 
 
-def _encode(b: np.ndarray) -> bytes:
-    im = Image.fromarray(b[..., 0] if b.shape[2] == 1 else b)
-    cands = []
-    for fmt, kw in (("PNG", {"optimize": True}),
-                    ("WEBP", {"lossless": True, "quality": 100, "method": 6, "exact": True})):
-        if fmt == "WEBP" and b.shape[2] != 3:
-            continue
-        buf = io.BytesIO()
-        im.save(buf, format=fmt, **kw)
-        cands.append(buf.getvalue())
-    return min(cands, key=len)
-
-
 def push(stack: Stack, b: np.ndarray) -> None:
     """Push an (h, w, C) uint8 block: its bytes, then their length (popped first)."""
-    data = _encode(b)
+    data = min(lossless_encodings(Image.fromarray(b[..., 0] if b.shape[2] == 1 else b)), key=len)
     padded = data + b"\0" * (len(data) % 2)
     chunks = np.frombuffer(padded, dtype="<u2").astype(np.int64)
     Uniform(16, len(chunks)).push(stack, chunks)

@@ -16,7 +16,7 @@ from mulancodec.data import tiles
 from mulancodec.evaluate import evaluate
 from mulancodec.weights import LoadedModel
 
-from .measure import BitExactError, Tally, check_exact, subpixels, timed
+from .measure import BitExactError, Tally, bits_per_subpixel, check_exact, subpixels, timed
 from .profiling import CodingProfile
 
 PER_IMAGE = "mulancodec per-image"
@@ -96,7 +96,7 @@ def run_per_image(images: Sequence[np.ndarray], steps: int, lm: LoadedModel, dev
         n_tiles += st.tiles
         tick()
     tally.extra = {
-        "bits_back_bpd": 8.0 * bits_back_bytes / tally.subpixels,
+        "bits_back_bpd": bits_per_subpixel(bits_back_bytes, tally.subpixels),
         "embedded_files": embedded,
         "first_batch_bits_mean": float(np.mean(first_bits)),
         "tiles": n_tiles,

@@ -250,21 +250,19 @@ def train(args: TrainArgs) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=args.max_steps, initial=st.step, unit="step", dynamic_ncols=True)
-    if main:
-        dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        write_start = {"kind": "start", "step": st.step, "seconds": round(st.seconds, 2),
-                       "device": dev_name, "world": world, "torch": torch.__version__,
-                       "config": cfg.name, "params": model.num_params(), "tiles": n}
-        if log is not None:
-            log.write(json.dumps(write_start) + "\n")
-            log.flush()
-        print(f"training {cfg.name}: {model.num_params():,} parameters, {n:,} tiles, batch "
-              f"{tc.batch_size}, device {device}, world {world}, from step {st.step}", file=sys.stderr)
 
     def write(rec: dict[str, Any]) -> None:
         if log is not None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
+
+    if main:
+        dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        write({"kind": "start", "step": st.step, "seconds": round(st.seconds, 2),
+               "device": dev_name, "world": world, "torch": torch.__version__,
+               "config": cfg.name, "params": model.num_params(), "tiles": n})
+        print(f"training {cfg.name}: {model.num_params():,} parameters, {n:,} tiles, batch "
+              f"{tc.batch_size}, device {device}, world {world}, from step {st.step}", file=sys.stderr)
 
     order = _Order(n, tc.seed)
     run_start = time.time()
@@ -342,7 +340,7 @@ def train(args: TrainArgs) -> int:
                 write(rec)
                 if bar is not None:
                     bar.set_postfix(bpd=f"{rec['bpd']:.3f}", lr=f"{lr:.1e}")
-                elif main:
+                else:
                     print(f"step {st.step} bpd {rec['bpd']:.4f} ({sps:.2f} steps/s)", file=sys.stderr)
                 acc, acc_n, t_log, steps_at_log = {}, 0, now, st.step
             if eval_x is not None and st.step % tc.eval_every == 0 and main:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import mulancodec
-from mulancodec.data import tiles
+from mulancodec.data import TileSet, image_tiles
 from mulancodec.evaluate import evaluate
 from mulancodec.weights import LoadedModel
 
@@ -23,8 +23,8 @@ PER_IMAGE = "mulancodec per-image"
 STREAM = "mulancodec stream"
 
 
-def elbo_set(images: Sequence[np.ndarray], tile: int) -> tuple[np.ndarray | None, str]:
-    """The (N, tile, tile, 3) array the -ELBO is measured on, and what it is.
+def elbo_set(images: Sequence[np.ndarray], tile: int, margin: int = 0) -> tuple[TileSet | None, str]:
+    """The tiles the -ELBO is measured on (with their context for a context model), and what it is.
 
     The model is trained on tile x tile crops, so images of exactly that size
     are used as they are; larger ones contribute their full tiles (edge
@@ -32,16 +32,17 @@ def elbo_set(images: Sequence[np.ndarray], tile: int) -> tuple[np.ndarray | None
     codec does code them, padded).
     """
     if all(im.shape[:2] == (tile, tile) for im in images):
-        return np.stack(images), f"-ELBO on the {len(images)} images themselves ({tile}x{tile})"
+        return (image_tiles(list(images), tile, margin),
+                f"-ELBO on the {len(images)} images themselves ({tile}x{tile})")
     try:
-        arr = tiles(list(images), tile)
+        arr = image_tiles(list(images), tile, margin)
     except ValueError:
         return None, f"no image holds a full {tile}x{tile} tile: -ELBO not measured"
     return arr, (f"-ELBO on the images' {len(arr)} full {tile}x{tile} tiles (the model's tile); "
                  "edge remainders smaller than a tile are not in the bound")
 
 
-def elbo(lm: LoadedModel, arr: np.ndarray | None, steps: int, device: torch.device,
+def elbo(lm: LoadedModel, arr: TileSet | None, steps: int, device: torch.device,
          batch_size: int, repeats: int) -> dict[str, Any]:
     """-ELBO fields of a mulancodec row at T = steps (empty when there is no set)."""
     if arr is None:

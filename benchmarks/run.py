@@ -96,7 +96,7 @@ def run_classical(codecs: list[classical.ClassicalCodec], images: list[np.ndarra
 def run_mulan(images: list[np.ndarray], lm: LoadedModel, steps: list[int], device: torch.device,
               args: argparse.Namespace, bar: tqdm, notes: list[str]) -> list[dict[str, Any]]:
     """Per T: the -ELBO, then the per-image and stream rows with their overheads."""
-    arr, elbo_note = mulan_bench.elbo_set(images, lm.config.tile)
+    arr, elbo_note = mulan_bench.elbo_set(images, lm.config.tile, lm.config.context)
     notes.append(elbo_note)
     bar.set_description("warm-up")
     mulan_bench.warm_up(lm, images[0], device)
@@ -109,7 +109,7 @@ def run_mulan(images: list[np.ndarray], lm: LoadedModel, steps: list[int], devic
             subset = images[:args.per_image_limit] if args.per_image_limit else images
             r = mulan_bench.run_per_image(subset, T, lm, device, tick=lambda: bar.update(1))
             if len(subset) < len(images):  # the bound on the same images as the row
-                sub_arr, _ = mulan_bench.elbo_set(subset, lm.config.tile)
+                sub_arr, _ = mulan_bench.elbo_set(subset, lm.config.tile, lm.config.context)
                 r.update(mulan_bench.elbo(lm, sub_arr, T, device, args.elbo_batch, args.elbo_repeats))
                 rows.append(mulan_bench.with_overhead(r))
             else:

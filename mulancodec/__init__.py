@@ -11,16 +11,16 @@ Importing the package also registers the MLC format with Pillow.
 """
 __version__ = "0.1.0"
 
-from .api import (DecodeError, EncodeError, EncodeStats, compress, compress_many, compress_many_with_stats,
+from .api import (DecodeError, EncodeError, EncodeStats, MissingModelError, compress, compress_many, compress_many_with_stats,
                   compress_with_stats, decompress, decompress_image, decompress_many, decompress_pictures,
                   read_header)
 from .coding.container import FormatError
 from .image import ImageError
-from .weights import ModelFileError, load_model
+from .weights import ModelFileError, load_model, shipped_models
 
 __all__ = ["__version__", "compress", "compress_many", "compress_many_with_stats", "compress_with_stats", "decompress",
            "decompress_image", "decompress_many", "decompress_pictures", "read_header", "load_model",
-           "DecodeError", "EncodeError", "EncodeStats", "FormatError", "ImageError", "ModelFileError"]
+           "shipped_models", "MissingModelError", "DecodeError", "EncodeError", "EncodeStats", "FormatError", "ImageError", "ModelFileError"]
 
 from .pillow_plugin import register as _register_pillow
 

@@ -18,9 +18,10 @@ from PIL import Image
 
 from . import image as img
 from .coding import container as fmt
-from .coding.bitsback import ChainSpec, Encoded, TileJob, decode_tiles, deterministic, encode_tiles
+from .coding.bitsback import ChainSpec, deterministic
+from .coding.stream import Encoded, TileContext, decode_tiles, encode_tiles
 from .coding.codecs import CodingError
-from .weights import LoadedModel, ModelFileError, load_model
+from .weights import ENV_MODEL, LoadedModel, ModelFileError, find_shipped, load_model, shipped_models
 
 DEFAULT_STEPS = 100
 
@@ -31,6 +32,10 @@ class DecodeError(Exception):
 
 class EncodeError(Exception):
     """An image could not be encoded."""
+
+
+class MissingModelError(DecodeError, ModelFileError):
+    """The model a file was made with is not installed (or not the one given)."""
 
 
 # -- models and devices -----------------------------------------------------------------
@@ -134,47 +139,21 @@ def _record(pic: img.Picture) -> fmt.ImageRecord:
     return rec
 
 
-class _Tiles(Sequence[TileJob]):
-    """The tiles of the model-coded images in coding order, as TileJobs built on demand.
+def _tiles(pics: Sequence[img.Picture] | None, recs: Sequence[fmt.ImageRecord],
+           tile: int) -> img.TileSequence:
+    """The tiles of the model-coded images (pixels only on the encoder's side)."""
+    shapes = [(r.height, r.width, r.mode in ("L", "LA")) if r.method == fmt.METHOD_MODEL else None
+              for r in recs]
+    return img.TileSequence(pics, shapes, tile)
 
-    A header of a few bytes can name a million tiles; building them all before
-    the first batch runs would cost seconds and hundreds of MB even for a file
-    that fails at once. Tiles are in raster order per image (`image.tile_grid`).
-    """
 
-    def __init__(self, pics: Sequence[img.Picture] | None, recs: Sequence[fmt.ImageRecord],
-                 tile: int) -> None:
-        self.pics, self.recs, self.tile = pics, recs, tile
-        self.images = [i for i, r in enumerate(recs) if r.method == fmt.METHOD_MODEL]
-        self.ends = np.cumsum([fmt.tiles_in(recs[i], tile) for i in self.images], dtype=np.int64)
-        self.maps: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = {}  # shared, read-only
-
-    def __len__(self) -> int:
-        return int(self.ends[-1]) if len(self.ends) else 0
-
-    def where(self, k: int) -> img.Tile:
-        """The k-th tile: its image and position."""
-        j = int(np.searchsorted(self.ends, k, side="right"))
-        i, S = self.images[j], self.tile
-        n = k - (int(self.ends[j - 1]) if j else 0)
-        rec = self.recs[i]
-        top, left = (n // -(-rec.width // S)) * S, (n % -(-rec.width // S)) * S
-        return img.Tile(i, top, left, min(S, rec.height - top), min(S, rec.width - left))
-
-    def job(self, k: int) -> TileJob:
-        t = self.where(k)
-        key = (t.h, t.w, self.recs[t.picture].mode in ("L", "LA"))
-        if key not in self.maps:
-            self.maps[key] = img.tile_maps(t, self.tile, key[2])
-        px = img.tile_pixels(self.pics[t.picture], t, self.tile) if self.pics is not None else None
-        return TileJob(*self.maps[key], px)
-
-    def __getitem__(self, k):  # type: ignore[override]
-        if isinstance(k, slice):
-            return [self.job(x) for x in range(*k.indices(len(self)))]
-        if not -len(self) <= k < len(self):
-            raise IndexError(k)
-        return self.job(k % len(self))
+def _context(lm: LoadedModel, jobs: img.TileSequence,
+             pics: Sequence[img.Picture] | None) -> TileContext | None:
+    """A context model's tile context (the encoder's canvases are its pictures)."""
+    if not lm.config.context:
+        return None
+    canvases = {i: pics[i].rgb for i in jobs.images} if pics is not None else None
+    return TileContext(jobs, lm.config.context, canvases)  # type: ignore[arg-type]
 
 
 def _stream_checksum(pics: Iterable[img.Picture]) -> bytes:
@@ -199,15 +178,15 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
     recs = [_record(p) for p in pics]
     for rec, name in zip(recs, names or []):
         rec.name = name
-    jobs = _Tiles(pics, recs, tile)
+    jobs = _tiles(pics, recs, tile)
     threads = min(torch.get_num_threads(), fmt.MAX_THREADS)
-    header = fmt.Header(lm.model_id, dev.type, spec.bf16, threads, env_tag(dev), T, spec.kappa,
+    header = fmt.Header(lm.model_id, dev.type, False, threads, env_tag(dev), T, spec.kappa,
                         spec.window, spec.latent_delta, tile, recs, checksum=_stream_checksum(pics))
     enc = Encoded(np.zeros(0, np.uint32), [], 0, 0, 0)
     if jobs:
         mb = max_batch or (256 if dev.type == "cuda" else 16)
         with deterministic(dev, threads):
-            enc = encode_tiles(lm.model, spec, jobs, tile, dev, mb, progress)
+            enc = encode_tiles(lm.model, spec, jobs, tile, dev, mb, progress, _context(lm, jobs, pics))
         header.plan, header.seed_words, header.stripped = enc.plan, enc.seed_words, enc.stripped
         header.direct = enc.direct
     data = fmt.write(header, enc.payload)
@@ -217,7 +196,7 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
     if fallback and len(pics) == 1 and jobs:
         emb = fmt.ImageRecord(pics[0].mode, pics[0].width, pics[0].height, fmt.METHOD_EMBED,
                               embedded=_embed(pics[0]))
-        alt = fmt.write(fmt.Header(lm.model_id, dev.type, spec.bf16, threads, header.env_tag, T,
+        alt = fmt.write(fmt.Header(lm.model_id, dev.type, False, threads, header.env_tag, T,
                                    spec.kappa, spec.window, spec.latent_delta, tile, [emb],
                                    checksum=header.checksum), np.zeros(0, np.uint32))
         if len(alt) < len(data):
@@ -281,6 +260,22 @@ def compress_many_with_stats(images: Iterable[img.ImageLike], *, max_pixels: int
 
 # -- decoding ---------------------------------------------------------------------------
 
+def model_for_file(model: "str | os.PathLike | LoadedModel | None", mid: str,
+                   device: torch.device) -> LoadedModel:
+    """The model a file was made with: the one given, else the installed model with its id."""
+    if model is None:
+        model = find_shipped(mid) or os.environ.get(ENV_MODEL) or None
+        if model is None:
+            names = ", ".join(shipped_models()) or "none"
+            raise MissingModelError(f"this file was made with model {mid}, which is not installed "
+                                    f"(installed: {names}); pass --model / model= with that model")
+    lm = get_model(model, device)
+    if lm.model_id != mid:
+        raise MissingModelError(f"this file was made with model {mid}, but the model in use is "
+                                f"{lm.model_id} ({lm.path}); pass --model / model= with the right one")
+    return lm
+
+
 def read_header(data: bytes, max_pixels: int | None = None) -> fmt.Header:
     """The validated header of a file (no model needed)."""
     return fmt.read(data, img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)[0]
@@ -295,27 +290,28 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
         if device is not None and torch.device(device).type != h.backend:
             raise DecodeError(f"this file was encoded on {h.backend}; it decodes only on "
                               f"{h.backend} (--device {h.backend}), not {torch.device(device).type}")
+        if h.bf16:
+            raise DecodeError("this file's network ran under bf16, which no mulancodec encoder "
+                              "writes; it cannot be decoded")
         if h.backend == "cuda" and not torch.cuda.is_available():
             raise DecodeError("this file was encoded on cuda and decodes only on a machine with CUDA "
                               "(the model's float results differ between cpu and cuda)")
         dev = torch.device(h.backend)
-        lm = get_model(model, dev)
-        if lm.model_id != h.model_id:
-            raise DecodeError(f"this file was made with model {h.model_id}, but the model in use is "
-                              f"{lm.model_id} ({lm.path}); pass --model / model= with the right one")
+        lm = model_for_file(model, h.model_id, dev)
         if lm.config.tile != h.tile:
             raise DecodeError("tile size in the file does not match the model")
     pics: list[img.Picture | None] = [None] * len(h.images)
     for i, rec in enumerate(h.images):
         if rec.method == fmt.METHOD_EMBED:
             pics[i] = _unembed(rec.embedded, rec.mode, rec.width, rec.height)
-    jobs = _Tiles(None, h.images, h.tile)
+    jobs = _tiles(None, h.images, h.tile)
     if jobs:
-        spec = ChainSpec(h.steps, h.kappa, h.window, h.latent_delta, h.bf16)
+        spec = ChainSpec(h.steps, h.kappa, h.window, h.latent_delta)
         enc = Encoded(payload, h.plan, h.seed_words, h.stripped, 0, h.direct)
         try:
             with deterministic(dev, h.threads):
-                tiles = decode_tiles(lm.model, spec, jobs, h.tile, dev, enc, progress)
+                tiles = decode_tiles(lm.model, spec, jobs, h.tile, dev, enc, progress,
+                                     _context(lm, jobs, None))
         except CodingError as e:
             raise DecodeError(_with_env_hint(str(e), h, dev)) from None
         canvases = {i: np.zeros((h.images[i].height, h.images[i].width, 3), np.uint8)

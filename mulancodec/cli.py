@@ -196,7 +196,9 @@ def main() -> None:
 
 
 _common_model = click.option("--model", "model_path", default=None,
-                             help="Model file or directory (default: the shipped model, or $MULANCODEC_MODEL).")
+                             help="NAME|PATH: a shipped model's name (photo, cifar10) or a model file or "
+                                  "directory. Encoding default: $MULANCODEC_MODEL, else photo; decoding "
+                                  "default: the installed model with the file's model id.")
 _common_device = click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
                               help="Where the model runs (default: cuda if present). Decoding must use "
                                    "the encoder's kind.")
@@ -476,15 +478,18 @@ def demo(image: str | None, steps: int | None, model_path: str | None, device: s
 @click.option("--compact", is_flag=True,
               help="Checkpoint in float16 without optimizer state (1/4 the size, to move runs "
                    "between machines; resuming restarts Adam with a short warmup).")
+@click.option("--init", default=None,
+              help="Start a new run from this model file's weights (e.g. a context model from a "
+                   "model without context: the context inputs start at zero).")
 def train(data: tuple[str, ...], out: Path, config: str | None, max_steps: int | None,
           minutes: float | None, resume: bool, eval_data: tuple[str, ...], device: str | None,
-          compile_: bool, compact: bool) -> None:
+          compile_: bool, compact: bool, init: str | None) -> None:
     """Train (or resume) a MuLAN model; works under torchrun for several GPUs."""
     from .train import TrainArgs, train as run
 
     try:
         code = run(TrainArgs(list(data), out, config, max_steps, minutes, resume, list(eval_data),
-                             device, compile_, compact=compact))
+                             device, compile_, compact=compact, init=init))
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     sys.exit(code)
@@ -492,7 +497,9 @@ def train(data: tuple[str, ...], out: Path, config: str | None, max_steps: int |
 
 @main.command("eval")
 @click.option("--data", "data", multiple=True, required=True, help="Images (.npz, folder, glob).")
-@click.option("--model", "model_path", default=None, help="Model file or run directory (default: shipped).")
+@click.option("--model", "model_path", default=None,
+              help="NAME|PATH: a shipped model (photo, cifar10), a model file or run directory "
+                   "(default: photo).")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
 @click.option("--steps", type=int, default=None, help="T for the discrete-time bound (default: model's).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda if present).")
@@ -506,14 +513,14 @@ def eval_cmd(data: tuple[str, ...], model_path: str | None, limit: int | None, s
     """The model's -ELBO in bits per dimension (continuous and discrete time)."""
     import torch
 
-    from .data import load_tiles
+    from .data import image_tiles, load_images
     from .evaluate import evaluate
     from .weights import load_model
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm = load_model(model_path, dev)
     try:
-        images = load_tiles(list(data), lm.config.tile, limit)
+        images = image_tiles(load_images(list(data)), lm.config.tile, lm.config.context, limit)
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e), EXIT_INPUT) from None
     T = steps if steps is not None else int(lm.meta.get("default_steps", 100))

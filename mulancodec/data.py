@@ -1,11 +1,20 @@
-"""Image sets for training and evaluation: .npz shards (array `x`), folders, globs."""
+"""Image sets for training and evaluation: .npz shards (array `x`), folders, globs.
+
+Training draws random crops (offset and flip) from images of any size; a
+context model's crop is its tile plus the margin, with a context mask drawn
+from the kinds of plan the codec makes. Evaluation cuts images into the
+codec's tiles, with the masks of the nominal plan.
+"""
 from __future__ import annotations
 
 import glob
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .model.context import nominal_known, random_known, window_pixels
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".jpg", ".jpeg", ".webp", ".gif"}
 
@@ -57,31 +66,76 @@ def load_images(paths: str | list[str], limit: int | None = None) -> list[np.nda
     return images[:limit] if limit is not None else images
 
 
-def load_array(paths: str | list[str], limit: int | None = None) -> np.ndarray:
-    """Images of one size stacked to (N, H, W, 3)."""
-    imgs = load_images(paths, limit)
-    shapes = {im.shape for im in imgs}
-    if len(shapes) != 1:
-        raise ValueError(f"images differ in size ({len(shapes)} sizes); use tiles()")
-    return np.stack(imgs)
+@dataclass
+class TileSet:
+    """Tiles to train on or evaluate: pixels, and for a context model their windows."""
+
+    x: np.ndarray  # (N, S, S, 3) uint8
+    window: np.ndarray | None = None  # (N, S+2m, S+2m, 3) uint8 (context models)
+    known: np.ndarray | None = None  # (N, S+2m, S+2m) bool: what the decoder has there
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def take(self, sl: slice | np.ndarray) -> "TileSet":
+        w = self.window[sl] if self.window is not None else None
+        k = self.known[sl] if self.known is not None else None
+        return TileSet(self.x[sl], w, k)
 
 
-def tiles(images: list[np.ndarray], size: int) -> np.ndarray:
-    """Non-overlapping full size x size tiles of each image (edges that do not fill a tile dropped)."""
-    out = []
-    for im in images:
+def image_tiles(images: list[np.ndarray], size: int, margin: int, limit: int | None = None) -> TileSet:
+    """The full size x size tiles of each of the first `limit` images in raster order, with
+    their context under the nominal plan when margin > 0 (partial edge tiles are left out)."""
+    xs, ws, ks = [], [], []
+    for im in images[:limit]:
         H, W = im.shape[:2]
-        for i in range(0, H - size + 1, size):
-            for j in range(0, W - size + 1, size):
-                out.append(im[i:i + size, j:j + size])
-    if not out:
+        rows, cols = -(-H // size), -(-W // size)
+        for i in range(H // size):
+            for j in range(W // size):
+                xs.append(im[i * size:(i + 1) * size, j * size:(j + 1) * size])
+                if margin:
+                    ws.append(window_pixels(im, i, j, size, margin))
+                    ks.append(nominal_known(rows, cols, i, j, size, margin, H, W))
+    if not xs:
         raise ValueError(f"no image is at least {size}x{size}")
-    return np.stack(out)
+    if not margin:
+        return TileSet(np.stack(xs))
+    return TileSet(np.stack(xs), np.stack(ws), np.stack(ks))
 
 
-def load_tiles(paths: str | list[str], size: int, limit: int | None = None) -> np.ndarray:
-    """(N, size, size, 3): images of exactly this size as they are, larger ones cut into tiles."""
-    imgs = load_images(paths, limit)
-    if all(im.shape[:2] == (size, size) for im in imgs):
-        return np.stack(imgs)
-    return tiles(imgs, size)
+class RandomCrops:
+    """Random crops of images of any size: offsets, flips and context masks are a pure
+    function of (seed, step, rank), so a resumed run draws the same batches."""
+
+    def __init__(self, images: list[np.ndarray], size: int, margin: int, seed: int,
+                 flip: bool = True) -> None:
+        side = size + 2 * margin
+        self.images = [im for im in images if min(im.shape[:2]) >= side]
+        if not self.images:
+            raise ValueError(f"no training image is at least {side}x{side} (tile {size} + "
+                             f"context margin {margin} on each side)")
+        # each image is drawn in proportion to the crops it holds
+        pos = np.array([(im.shape[0] - side + 1) * (im.shape[1] - side + 1) for im in self.images],
+                       np.float64)
+        self.p = pos / pos.sum()
+        self.size, self.margin, self.side, self.seed, self.flip = size, margin, side, seed, flip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, step: int, n: int, rank: int = 0) -> TileSet:
+        rng = np.random.default_rng([self.seed, step, rank])
+        which = rng.choice(len(self.images), size=n, p=self.p)
+        side, m, S = self.side, self.margin, self.size
+        crops = np.empty((n, side, side, 3), np.uint8)
+        for k, w in enumerate(which):
+            im = self.images[w]
+            y = int(rng.integers(0, im.shape[0] - side + 1))
+            x = int(rng.integers(0, im.shape[1] - side + 1))
+            c = im[y:y + side, x:x + side]
+            crops[k] = c[:, ::-1] if self.flip and rng.random() < 0.5 else c
+        tiles = np.ascontiguousarray(crops[:, m:m + S, m:m + S])
+        if not m:
+            return TileSet(tiles)
+        known = np.stack([random_known(rng, S, m) for _ in range(n)])
+        return TileSet(tiles, crops, known)

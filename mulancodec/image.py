@@ -14,7 +14,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -253,14 +253,6 @@ class Tile:
     w: int  # valid columns
 
 
-def tile_grid(pic: Picture, size: int, index: int) -> list[Tile]:
-    out = []
-    for top in range(0, pic.height, size):
-        for left in range(0, pic.width, size):
-            out.append(Tile(index, top, left, min(size, pic.height - top), min(size, pic.width - left)))
-    return out
-
-
 def tile_maps(tile: Tile, size: int, grey: bool) -> tuple[np.ndarray, np.ndarray]:
     """(source index, coded mask) over the 3 x size x size subpixels of a tile.
 
@@ -288,3 +280,68 @@ def place_tile(rgb: np.ndarray, tile: Tile, pixels: np.ndarray) -> None:
     """Write a decoded (3, size, size) tile back into an (H, W, 3) canvas."""
     rgb[tile.top:tile.top + tile.h, tile.left:tile.left + tile.w] = \
         pixels[:, :tile.h, :tile.w].transpose(1, 2, 0)
+
+
+@dataclass
+class TileJob:
+    """One tile to code: its pixels (3,S,S) uint8 (encoder only) and its maps."""
+
+    src: np.ndarray  # (3*S*S,) source index of every subpixel
+    coded: np.ndarray  # (3*S*S,) bool: subpixels that are coded
+    pixels: np.ndarray | None = None
+
+
+class TileSequence(Sequence[TileJob]):
+    """The tiles of the model-coded images of a stream in coding order, built on demand.
+
+    Tiles are in raster order per image, images in stream order. A header of a few
+    bytes can name a million tiles; building them all before the first batch runs
+    would cost seconds and hundreds of MB even for a file that fails at once.
+    shapes[i] is (height, width, grey) of picture i if the model codes it, else None.
+    """
+
+    def __init__(self, pics: Sequence[Picture] | None, shapes: Sequence[tuple[int, int, bool] | None],
+                 tile: int) -> None:
+        self.pics, self.shapes, self.tile = pics, shapes, tile
+        self.images = [i for i, s in enumerate(shapes) if s is not None]
+        counts = [self.grid(i)[0] * self.grid(i)[1] for i in self.images]
+        self.ends = np.cumsum(counts, dtype=np.int64)
+        self.maps: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = {}  # shared, read-only
+
+    def grid(self, picture: int) -> tuple[int, int]:
+        """(rows, cols) of tiles of a model-coded picture."""
+        h, w, _ = self.shapes[picture]  # type: ignore[misc]
+        return -(-h // self.tile), -(-w // self.tile)
+
+    def first(self, picture: int) -> int:
+        """Coding position of a model-coded picture's first tile."""
+        j = self.images.index(picture)
+        return int(self.ends[j - 1]) if j else 0
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def where(self, k: int) -> Tile:
+        """The k-th tile: its picture and position."""
+        j = int(np.searchsorted(self.ends, k, side="right"))
+        i, S = self.images[j], self.tile
+        n = k - (int(self.ends[j - 1]) if j else 0)
+        h, w, _ = self.shapes[i]  # type: ignore[misc]
+        cols = self.grid(i)[1]
+        top, left = (n // cols) * S, (n % cols) * S
+        return Tile(i, top, left, min(S, h - top), min(S, w - left))
+
+    def job(self, k: int) -> TileJob:
+        t = self.where(k)
+        key = (t.h, t.w, bool(self.shapes[t.picture][2]))  # type: ignore[index]
+        if key not in self.maps:
+            self.maps[key] = tile_maps(t, self.tile, key[2])
+        px = tile_pixels(self.pics[t.picture], t, self.tile) if self.pics is not None else None
+        return TileJob(*self.maps[key], px)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self.job(x) for x in range(*k.indices(len(self)))]
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        return self.job(k % len(self))

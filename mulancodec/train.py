@@ -1,9 +1,9 @@
 """Training: AdamW with warmup, EMA, checkpoints that resume exactly, DDP under torchrun.
 
-Exact resume: the data order is a pure function of (seed, epoch), and every
-step reseeds the random generators from (seed, rank, step), so a run that is
-stopped and resumed draws the same batches and noise as one that never
-stopped. Checkpoints hold the raw weights, the EMA weights (the model we ship)
+Exact resume: every batch (crops, flips, context masks) is a pure function
+of (seed, step, rank), and every step reseeds the random generators from
+(seed, rank, step), so a run that is stopped and resumed draws the same
+batches and noise as one that never stopped. Checkpoints hold the raw weights, the EMA weights (the model we ship)
 and the optimizer state, all in safetensors; nothing is pickled.
 
 Layout of an output directory:
@@ -32,11 +32,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .data import load_tiles
-from .evaluate import evaluate
+from .data import RandomCrops, TileSet, image_tiles, load_images
+from .evaluate import batch_tensors, evaluate
 from .model.configs import Config, load_config
 from .model.mulan import MuLAN
-from .weights import save_model
+from .weights import load_model, save_model
 
 
 @dataclass
@@ -52,13 +52,12 @@ class TrainArgs:
     compile: bool = False
     progress: bool = True
     compact: bool = False
+    init: str | None = None  # start a new run from this model's weights (warm start)
 
 
 @dataclass
 class TrainState:
     step: int = 0
-    epoch: int = 0
-    pos: int = 0
     seconds: float = 0.0  # training wall time summed over all runs
 
 
@@ -129,8 +128,7 @@ def save_checkpoint(out: Path, cfg: Config, model: MuLAN, ema: MuLAN, opt: torch
         tensors, groups = _optim_tensors(opt)
         _atomic_safetensors(state_file, tensors, tag)
     _atomic_json(out / "train" / "state.json", {
-        "step": st.step, "epoch": st.epoch, "pos": st.pos, "seconds": st.seconds,
-        "param_groups": groups, "compact": compact,
+        "step": st.step, "seconds": st.seconds, "param_groups": groups, "compact": compact,
     })
 
 
@@ -141,8 +139,10 @@ def load_checkpoint(out: Path, model: MuLAN, ema: MuLAN, opt: torch.optim.Optimi
     from safetensors import safe_open
 
     exact = not meta.get("compact", False)
-    for f in ("raw.safetensors", "state.safetensors") if exact else ("raw.safetensors",):
-        with safe_open(str(out / "train" / f), framework="pt") as h:
+    files = ["train/raw.safetensors", "model.safetensors"]
+    files += ["train/state.safetensors"] if exact else []
+    for f in files:  # a crash in the middle of a save leaves files of two steps: refuse them
+        with safe_open(str(out / f), framework="pt") as h:
             if (h.metadata() or {}).get("step") != str(meta["step"]):
                 raise RuntimeError(f"checkpoint in {out} is inconsistent ({f} is from another step)")
     raw = load_file(str(out / "train" / "raw.safetensors"), device=str(device))
@@ -152,26 +152,7 @@ def load_checkpoint(out: Path, model: MuLAN, ema: MuLAN, opt: torch.optim.Optimi
     if exact:
         _load_optim(opt, load_file(str(out / "train" / "state.safetensors"), device=str(device)),
                     meta["param_groups"])
-    return TrainState(meta["step"], meta["epoch"], meta["pos"], meta["seconds"]), exact
-
-
-class _Order:
-    """The data order: a permutation and flip flags per epoch, a pure function of (seed, epoch)."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, -1
-        self.perm = self.flips = np.zeros(0)
-
-    def next(self, batch: int, st: TrainState) -> tuple[np.ndarray, np.ndarray]:
-        """The next global batch (indices and flip flags); advances st.epoch / st.pos."""
-        if st.pos + batch > self.n:
-            st.epoch, st.pos = st.epoch + 1, 0
-        if st.epoch != self.epoch:
-            rng = np.random.default_rng([self.seed, st.epoch])
-            self.perm, self.flips, self.epoch = rng.permutation(self.n), rng.random(self.n) < 0.5, st.epoch
-        idx = self.perm[st.pos:st.pos + batch]
-        st.pos += batch
-        return idx, self.flips[idx]
+    return TrainState(meta["step"], meta["seconds"]), exact
 
 
 def _lr(cfg: Config, step: int, since: int = 0) -> float:
@@ -179,8 +160,33 @@ def _lr(cfg: Config, step: int, since: int = 0) -> float:
     return cfg.train.lr * min(1.0, (step - since + 1) / max(1, cfg.train.warmup_steps))
 
 
-def train(args: TrainArgs) -> int:
-    """Run (or resume) training; returns a process exit code."""
+def warm_start(model: MuLAN, path: str) -> str:
+    """Copy a trained model's weights into `model` where they fit; returns its id.
+
+    Tensors of the same shape are copied. The first convolution of a context model
+    has more input channels than that of a model without context: the shared ones are
+    copied and the context ones start at zero, so the new model starts out computing
+    what the old one did on the tile alone.
+    """
+    lm = load_model(path)
+    src = lm.model.state_dict()
+    own = model.state_dict()
+    with torch.no_grad():
+        for name, t in own.items():
+            s = src.get(name)
+            if s is not None and s.shape == t.shape:
+                t.copy_(s)
+            elif s is not None and name.endswith("conv_in.weight") and s.shape[1] < t.shape[1] \
+                    and s.shape[0] == t.shape[0] and s.shape[2:] == t.shape[2:]:
+                t.zero_()
+                t[:, :s.shape[1]] = s
+            else:
+                raise ValueError(f"--init {path}: {name} does not fit this config")
+    return lm.model_id
+
+
+def _device(args: TrainArgs) -> tuple[torch.device, int, int]:
+    """The device, world size and rank; starts the process group under torchrun."""
     world, rank, local_rank = _dist_info()
     if args.device:
         device = torch.device(args.device)
@@ -188,184 +194,233 @@ def train(args: TrainArgs) -> int:
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
+    if device.type == "cuda":  # training only: the codec pins its own numerics
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    out = args.out
-    main = rank == 0
+    return device, world, rank
 
-    saved_cfg = out / "config.json"
+
+def _config(args: TrainArgs) -> Config:
+    """The run's config: the saved one when resuming, else the named one."""
+    saved = args.out / "config.json"
     if args.resume:
-        if not saved_cfg.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in {out}")
-        cfg = Config.from_dict(json.loads(saved_cfg.read_text()))
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {args.out}")
+        cfg = Config.from_dict(json.loads(saved.read_text()))
         if args.config and load_config(args.config).model != cfg.model:
-            raise ValueError(f"--config {args.config} differs from the model in {out}")
-    else:
-        if (out / "train" / "state.json").exists():
-            raise FileExistsError(f"{out} already holds a run: pass --resume to continue it")
-        cfg = load_config(args.config or "small")
+            raise ValueError(f"--config {args.config} differs from the model in {args.out}")
+        return cfg
+    if (args.out / "train" / "state.json").exists():
+        raise FileExistsError(f"{args.out} already holds a run: pass --resume to continue it")
+    return load_config(args.config or "small")
+
+
+@dataclass
+class _Run:
+    """Everything the loop updates."""
+
+    cfg: Config
+    model: MuLAN
+    ema: MuLAN
+    opt: torch.optim.Optimizer
+    st: TrainState
+    warm_from: int = 0
+    init_id: str | None = None
+
+
+def _build(args: TrainArgs, cfg: Config, device: torch.device) -> _Run:
+    """Model, EMA copy and optimizer, fresh, warm-started or restored from a checkpoint."""
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    model = MuLAN(cfg.model).to(device)
+    init_id = warm_start(model, args.init) if args.init and not args.resume else None
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    other = [p for p in model.parameters() if p.dim() <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=tc.lr, betas=tc.adam_betas)
+    run = _Run(cfg, model, ema, opt, TrainState(), init_id=init_id)
+    if args.resume:
+        run.st, exact = load_checkpoint(args.out, model, ema, opt, device)
+        run.warm_from = 0 if exact else run.st.step
+    args.out.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def _data(args: TrainArgs, cfg: Config) -> tuple[RandomCrops, TileSet | None]:
+    """Random crops of the training images, and the fixed evaluation tiles."""
+    m, tc = cfg.model, cfg.train
+    crops = RandomCrops(load_images(args.data), m.tile, m.context, tc.seed, tc.flip)
+    ev = (image_tiles(load_images(args.eval_data), m.tile, m.context, tc.eval_images)
+          if args.eval_data else None)
+    return crops, ev
+
+
+class _Log:
+    """log.jsonl records, running sums of the loss terms, and a progress line or bar."""
+
+    def __init__(self, out: Path, main: bool, args: TrainArgs, step: int) -> None:
+        self.file = (out / "log.jsonl").open("a") if main else None
+        self.bar = None
+        if main and args.progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=args.max_steps, initial=step, unit="step", dynamic_ncols=True)
+        self.acc: dict[str, torch.Tensor] = {}
+        self.n, self.t, self.step = 0, time.time(), step
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
+
+    def add(self, vals: dict[str, torch.Tensor]) -> None:
+        """Running sums stay on the device: no host sync except when logging."""
+        for k, v in vals.items():
+            self.acc[k] = self.acc[k] + v if k in self.acc else v
+        self.n += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def flush(self, st: TrainState, lr: float) -> None:
+        now = time.time()
+        sps = (st.step - self.step) / max(1e-9, now - self.t)
+        rec = {"kind": "train", "step": st.step, "seconds": round(st.seconds, 2), "lr": lr,
+               "steps_per_s": round(sps, 3)}
+        rec.update({k: round(float(v) / self.n, 5) for k, v in self.acc.items()})
+        if not math.isfinite(rec["bpd"]):
+            raise FloatingPointError(f"loss is not finite near step {st.step}")
+        self.write(rec)
+        if self.bar is not None:
+            self.bar.set_postfix(bpd=f"{rec['bpd']:.3f}", lr=f"{lr:.1e}")
+        elif self.file is not None:
+            print(f"step {st.step} bpd {rec['bpd']:.4f} ({sps:.2f} steps/s)", file=sys.stderr)
+        self.acc, self.n, self.t, self.step = {}, 0, now, st.step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def _step(run: _Run, net: Any, batch: TileSet, gen: torch.Generator, rank: int,
+          device: torch.device) -> dict[str, torch.Tensor]:
+    """One optimizer step on one batch, then the EMA update; returns the logged terms."""
+    tc, st = run.cfg.train, run.st
+    x, ctx = batch_tensors(batch, device)
+    step_seed = (tc.seed * 1_000_003 + rank * 7_919 + st.step) % (2 ** 63)
+    torch.manual_seed(step_seed)
+    gen.manual_seed(step_seed)
+    lr = _lr(run.cfg, st.step, run.warm_from)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    run.model.train()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        terms = net(x, tc.loss_steps, gen, ctx)
+    loss = terms.total.mean()
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(
+        run.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+    run.opt.step()
+    decay = min(tc.ema_decay, (1 + st.step) / (10 + st.step))
+    with torch.no_grad():
+        for pe, pm in zip(run.ema.parameters(), run.model.parameters()):
+            pe.lerp_(pm.detach(), 1 - decay)
+        for be, bm in zip(run.ema.buffers(), run.model.buffers()):
+            be.copy_(bm)
+    vals = {"bpd": loss.detach(), "grad_norm": gnorm.detach()}
+    for k in ("diffusion", "recon", "prior", "latent"):
+        vals[k] = getattr(terms, k).detach().mean()
+    return vals
+
+
+def _eval(run: _Run, ev: TileSet, log: _Log, device: torch.device) -> None:
+    """EMA -ELBO on the evaluation tiles (model selection)."""
+    tc, st = run.cfg.train, run.st
+    res = evaluate(run.ema, ev, steps=tc.loss_steps, device=device, seed=1234)
+    rec = {"kind": "eval", "step": st.step, "seconds": round(st.seconds, 2),
+           "test_bpd": round(res["bpd"], 5), "test_bpd_ci95": res["bpd_ci95"],
+           "n_images": res["n_images"]}
+    if tc.loss_steps:
+        rec.update({"steps": tc.loss_steps, "test_bpd_T": round(res["bpd_T"], 5)})
+    log.write(rec)
+    print(f"step {st.step}: test bpd (EMA) {res['bpd']:.4f}", file=sys.stderr)
+
+
+def _stop_reason(args: TrainArgs, st: TrainState, started: float, stop: _Stop, world: int,
+                 device: torch.device) -> str | None:
+    """Why the loop should end now (None: go on); all ranks agree."""
+    reason = None
+    if args.max_steps is not None and st.step >= args.max_steps:
+        reason = "max steps"
+    elif args.minutes is not None and time.time() - started >= 60 * args.minutes:
+        reason = "time limit"
+    elif stop.flag:
+        reason = "interrupted"
+    if world > 1:  # every rank must stop at the same step
+        flag = torch.tensor([reason is not None], dtype=torch.int32, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and reason is None:
+            reason = "stopped by another process"
+    return reason
+
+
+def train(args: TrainArgs) -> int:
+    """Run (or resume) training; returns a process exit code."""
+    device, world, rank = _device(args)
+    main = rank == 0
+    cfg = _config(args)
     tc = cfg.train
     if tc.batch_size % world:
         raise ValueError(f"batch size {tc.batch_size} is not divisible by {world} processes")
-    local_batch = tc.batch_size // world
-
-    data = torch.from_numpy(load_tiles(args.data, cfg.model.tile)).to(device)
-    n = len(data)
-    if n < tc.batch_size:
-        raise ValueError(f"only {n} training tiles, fewer than one batch of {tc.batch_size}")
-    eval_x = load_tiles(args.eval_data, cfg.model.tile, tc.eval_images) if args.eval_data else None
-
-    torch.manual_seed(tc.seed)
-    model = MuLAN(cfg.model).to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    decay_params = [p for p in model.parameters() if p.dim() > 1]
-    other_params = [p for p in model.parameters() if p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay_params, "weight_decay": tc.weight_decay},
-                             {"params": other_params, "weight_decay": 0.0}],
-                            lr=tc.lr, betas=tc.adam_betas)
-    st = TrainState()
-    warm_from = 0
-    if args.resume:
-        st, exact = load_checkpoint(out, model, ema, opt, device)
-        if not exact:
-            warm_from = st.step
-    out.mkdir(parents=True, exist_ok=True)
-
-    net: Any = model
+    crops, ev = _data(args, cfg)
+    run = _build(args, cfg, device)
+    net: Any = run.model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            run.model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         net = torch.compile(net)
-    amp = device.type == "cuda"
     gen = torch.Generator(device=device)
-
     stop = _Stop()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    log = (out / "log.jsonl").open("a") if main else None
-    bar = None
-    if main and args.progress and sys.stderr.isatty():  # otherwise one line per log interval
-        from tqdm import tqdm
-
-        bar = tqdm(total=args.max_steps, initial=st.step, unit="step", dynamic_ncols=True)
-
-    def write(rec: dict[str, Any]) -> None:
-        if log is not None:
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-
+    log = _Log(args.out, main, args, run.st.step)
+    st = run.st
+    log.write({"kind": "start", "step": st.step, "seconds": round(st.seconds, 2),
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "world": world, "torch": torch.__version__, "config": cfg.name,
+               "params": run.model.num_params(), "images": len(crops), "init": run.init_id})
     if main:
-        dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        write({"kind": "start", "step": st.step, "seconds": round(st.seconds, 2),
-               "device": dev_name, "world": world, "torch": torch.__version__,
-               "config": cfg.name, "params": model.num_params(), "tiles": n})
-        print(f"training {cfg.name}: {model.num_params():,} parameters, {n:,} tiles, batch "
-              f"{tc.batch_size}, device {device}, world {world}, from step {st.step}", file=sys.stderr)
-
-    order = _Order(n, tc.seed)
-    run_start = time.time()
-    seconds0 = st.seconds
-    last_ckpt = time.time()
-    acc: dict[str, torch.Tensor] = {}
-    acc_n = 0
-    t_log = time.time()
-    steps_at_log = st.step
-    reason: str | None = None  # why the loop ended
-    failed = True
+        print(f"training {cfg.name}: {run.model.num_params():,} parameters, {len(crops):,} images, "
+              f"batch {tc.batch_size}, device {device}, world {world}, from step {st.step}",
+              file=sys.stderr)
+    started, seconds0, last_ckpt = time.time(), st.seconds, time.time()
+    reason, failed = None, True
     try:
-        while True:
-            if args.max_steps is not None and st.step >= args.max_steps:
-                reason = "max steps"
-            elif args.minutes is not None and time.time() - run_start >= 60 * args.minutes:
-                reason = "time limit"
-            elif stop.flag:
-                reason = "interrupted"
-            if world > 1:  # every rank must stop at the same step
-                flag = torch.tensor([reason is not None], dtype=torch.int32, device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                if flag.item() and reason is None:
-                    reason = "stopped by another process"
-            if reason is not None:
-                break
-            idx, flips = order.next(tc.batch_size, st)
-            mine = slice(rank * local_batch, (rank + 1) * local_batch)
-            x = data[torch.from_numpy(idx[mine]).to(device)]
-            f = torch.from_numpy(flips[mine]).to(device)
-            if tc.flip:
-                x = torch.where(f[:, None, None, None], x.flip(2), x)
-            x = x.permute(0, 3, 1, 2)
-            step_seed = (tc.seed * 1_000_003 + rank * 7_919 + st.step) % (2 ** 63)
-            torch.manual_seed(step_seed)
-            gen.manual_seed(step_seed)
-            lr = _lr(cfg, st.step, warm_from)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            model.train()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                terms = net(x, tc.loss_steps, gen)
-            loss = terms.total.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-            opt.step()
-            decay = min(tc.ema_decay, (1 + st.step) / (10 + st.step))
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm.detach(), 1 - decay)
-                for be, bm in zip(ema.buffers(), model.buffers()):
-                    be.copy_(bm)
+        while (reason := _stop_reason(args, st, started, stop, world, device)) is None:
+            lr = _lr(cfg, st.step, run.warm_from)
+            log.add(_step(run, net, crops.batch(st.step, tc.batch_size // world, rank), gen, rank,
+                          device))
             st.step += 1
-            now = time.time()
-            st.seconds = seconds0 + (now - run_start)
-
-            # running sums stay on the device: no host sync except when logging
-            vals = {"bpd": loss.detach(), "grad_norm": gnorm.detach()}
-            for k in ("diffusion", "recon", "prior", "latent"):
-                vals[k] = getattr(terms, k).detach().mean()
-            for k, v in vals.items():
-                acc[k] = acc[k] + v if k in acc else v
-            acc_n += 1
-            if bar is not None:
-                bar.update(1)
+            st.seconds = seconds0 + (time.time() - started)
             if st.step % tc.log_every == 0 and main:
-                sps = (st.step - steps_at_log) / max(1e-9, now - t_log)
-                rec = {"kind": "train", "step": st.step, "seconds": round(st.seconds, 2), "lr": lr,
-                       "steps_per_s": round(sps, 3)}
-                rec.update({k: round(float(v) / acc_n, 5) for k, v in acc.items()})
-                if not math.isfinite(rec["bpd"]):
-                    raise FloatingPointError(f"loss is not finite near step {st.step}")
-                write(rec)
-                if bar is not None:
-                    bar.set_postfix(bpd=f"{rec['bpd']:.3f}", lr=f"{lr:.1e}")
-                else:
-                    print(f"step {st.step} bpd {rec['bpd']:.4f} ({sps:.2f} steps/s)", file=sys.stderr)
-                acc, acc_n, t_log, steps_at_log = {}, 0, now, st.step
-            if eval_x is not None and st.step % tc.eval_every == 0 and main:
-                res = evaluate(ema, eval_x, steps=tc.loss_steps, device=device, seed=1234)
-                rec = {"kind": "eval", "step": st.step, "seconds": round(st.seconds, 2),
-                       "test_bpd": round(res["bpd"], 5), "test_bpd_ci95": res["bpd_ci95"],
-                       "n_images": res["n_images"]}
-                if tc.loss_steps:
-                    rec.update({"steps": tc.loss_steps, "test_bpd_T": round(res["bpd_T"], 5)})
-                write(rec)
-                print(f"step {st.step}: test bpd (EMA) {res['bpd']:.4f}", file=sys.stderr)
-            if now - last_ckpt >= 60 * tc.checkpoint_minutes:
+                log.flush(st, lr)
+            if ev is not None and st.step % tc.eval_every == 0 and main:
+                _eval(run, ev, log, device)
+            if time.time() - last_ckpt >= 60 * tc.checkpoint_minutes:
                 if main:
-                    save_checkpoint(out, cfg, model, ema, opt, st, args.compact)
+                    save_checkpoint(args.out, cfg, run.model, run.ema, run.opt, st, args.compact)
                 last_ckpt = time.time()
         failed = False
     finally:
         if main and not failed:
-            save_checkpoint(out, cfg, model, ema, opt, st, args.compact)
-            write({"kind": "stop", "step": st.step, "seconds": round(st.seconds, 2), "reason": reason})
-            print(f"stopped at step {st.step} ({reason}); checkpoint in {out}", file=sys.stderr)
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
+            save_checkpoint(args.out, cfg, run.model, run.ema, run.opt, st, args.compact)
+            log.write({"kind": "stop", "step": st.step, "seconds": round(st.seconds, 2), "reason": reason})
+            print(f"stopped at step {st.step} ({reason}); checkpoint in {args.out}", file=sys.stderr)
+        log.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
         if world > 1:

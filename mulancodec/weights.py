@@ -1,9 +1,14 @@
-"""Model files: safetensors weights with the config embedded, a content hash, and lookup.
+"""Model files: safetensors weights with the config embedded, a content hash, and the zoo.
 
 A model is one ``.safetensors`` file whose metadata holds the JSON model config,
 so nothing else is needed to rebuild it; nothing is ever unpickled. The model id
 is a hash of the config and the tensors, so a file coded with one model is
 never decoded with another.
+
+The shipped models are named: ``models/<name>/model.safetensors`` (with its
+config.json and MODEL_CARD.md) in a source checkout, or the same under
+``<prefix>/share/mulancodec/models`` after pip install. A decoder finds the
+model a file was made with by its id among them.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from .model.configs import ModelConfig
 from .model.mulan import MuLAN
 
 ENV_MODEL = "MULANCODEC_MODEL"
-DEFAULT_NAME = "mulan-default.safetensors"
+DEFAULT_MODEL = "photo"  # the default for encoding: trained on photographs
+WEIGHTS_NAME = "model.safetensors"
 
 
 class ModelFileError(Exception):
@@ -109,32 +115,48 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     return LoadedModel(model, cfg, model_id(meta["config"], state), p, meta)
 
 
-def _candidates() -> list[Path]:
+def _zoo_roots() -> list[Path]:
     here = Path(__file__).resolve().parent
-    return [
-        here.parent / "models" / DEFAULT_NAME,  # a source checkout or editable install
-        Path(sys.prefix) / "share" / "mulancodec" / "models" / DEFAULT_NAME,  # pip install
-    ]
+    return [here.parent / "models",  # a source checkout or editable install
+            Path(sys.prefix) / "share" / "mulancodec" / "models"]  # pip install
+
+
+def shipped_models() -> dict[str, Path]:
+    """Every installed named model: name -> weights file (a source checkout's first)."""
+    found: dict[str, Path] = {}
+    for root in _zoo_roots():
+        if root.is_dir():
+            for d in sorted(root.iterdir()):
+                f = d / WEIGHTS_NAME
+                if f.is_file() and d.name not in found:
+                    found[d.name] = f
+    return found
+
+
+def find_shipped(mid: str) -> Path | None:
+    """The installed model whose id is `mid` (as its file's metadata states), if any."""
+    for path in shipped_models().values():
+        try:
+            if read_metadata(path).get("model_id") == mid:
+                return path
+        except ModelFileError:
+            continue
+    return None
 
 
 def resolve_model_path(path: str | os.PathLike | None) -> Path:
-    """Explicit path > $MULANCODEC_MODEL > the shipped default; a clear error otherwise."""
+    """A shipped model's name or a path > $MULANCODEC_MODEL > the default; a clear error otherwise."""
     if path is None:
-        path = os.environ.get(ENV_MODEL) or None
-    if path is None:
-        for c in _candidates():
-            if c.is_file():
-                return c
-        raise ModelFileError(
-            "no model found: the shipped model is not installed; pass --model or set "
-            f"{ENV_MODEL} (looked in: {', '.join(str(c) for c in _candidates())})")
+        path = os.environ.get(ENV_MODEL) or DEFAULT_MODEL
+    zoo = shipped_models()
+    if str(path) in zoo:
+        return zoo[str(path)]
     p = Path(path)
     if p.is_dir():
-        files = [p / DEFAULT_NAME, p / "model.safetensors"]
-        for f in files:
-            if f.is_file():
-                return f
-        raise ModelFileError(f"{p}: no {DEFAULT_NAME} or model.safetensors in this directory")
+        if (p / WEIGHTS_NAME).is_file():
+            return p / WEIGHTS_NAME
+        raise ModelFileError(f"{p}: no {WEIGHTS_NAME} in this directory")
     if not p.is_file():
-        raise ModelFileError(f"{p}: model file not found")
+        names = ", ".join(zoo) or "none installed"
+        raise ModelFileError(f"{path}: no such model name or file (shipped models: {names})")
     return p

@@ -11,17 +11,33 @@ from conftest import CIFAR_TEST, need
 
 @pytest.fixture(scope="module")
 def shipped():
-    try:
-        return load_model(None)
-    except ModelFileError as e:
-        pytest.skip(f"no shipped model: {e}")
+    """The CIFAR-10 model (fast at small T); the photo model is the default."""
+    return load_model("cifar10")
 
 
-def test_default_model_loads_with_its_recommended_steps(shipped, monkeypatch):
+def test_default_model_is_the_photo_model(monkeypatch):
     monkeypatch.delenv("MULANCODEC_MODEL", raising=False)
-    assert shipped.path.name == "mulan-default.safetensors"
-    assert int(shipped.meta["default_steps"]) >= 1
-    assert shipped.config.tile == 32
+    lm = load_model(None)
+    assert lm.path.parent.name == "photo"
+    assert int(lm.meta["default_steps"]) >= 1
+    assert lm.config.context > 0
+
+
+def test_models_load_by_name():
+    zoo = mc.shipped_models()
+    assert {"photo", "cifar10"} <= set(zoo)
+    for name, path in zoo.items():
+        lm = load_model(name)
+        assert lm.path == path and lm.meta["model_id"] == lm.model_id
+        assert (path.parent / "MODEL_CARD.md").is_file() and (path.parent / "config.json").is_file()
+    assert load_model("cifar10").config.tile == 32
+    total = sum(p.stat().st_size for p in zoo.values())
+    assert total < 32 * 2 ** 20
+
+
+def test_unknown_name_is_refused():
+    with pytest.raises(ModelFileError, match="shipped models"):
+        load_model("no-such-model")
 
 
 def test_round_trip_sample_at_small_T(shipped):
@@ -37,3 +53,27 @@ def test_stream_of_cifar_images_at_small_T(shipped):
     data = mc.compress_many(list(x), model=shipped, steps=3)
     out = mc.decompress_many(data, model=shipped)
     assert all(np.array_equal(a, b) for a, b in zip(x, out))
+
+
+def test_decode_picks_the_shipped_model_by_id(monkeypatch):
+    monkeypatch.delenv("MULANCODEC_MODEL", raising=False)
+    img = landscape(16, 24)
+    data = mc.compress(img, model="cifar10", steps=2, fallback=False)
+    assert mc.read_header(data).model_id == load_model("cifar10").model_id
+    assert np.array_equal(mc.decompress(data), img)  # no model given: found by its id
+
+
+def test_absent_model_is_refused_naming_its_id(tiny_model_path, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("MULANCODEC_MODEL", raising=False)
+    data = mc.compress(landscape(16, 16), model=tiny_model_path, steps=2, fallback=False)
+    mid = mc.read_header(data).model_id
+    with pytest.raises(mc.MissingModelError, match=f"made with model {mid}, which is not installed"):
+        mc.decompress(data)
+    (tmp_path / "t.mlc").write_bytes(data)
+    r = subprocess.run([sys.executable, "-m", "mulancodec.cli", "decode", str(tmp_path / "t.mlc"),
+                        "-o", str(tmp_path / "t.png")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 4 and mid in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "t.png").exists()

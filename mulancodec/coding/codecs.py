@@ -1,10 +1,11 @@
 """A small craystack-style layer over constriction's stack ANS coder.
 
 A codec is a pair push/pop over a `Stack`: push(stack, symbols) puts symbols
-on the stack, pop(stack) takes the same symbols back off. Codecs compose:
-`Serial` codes several in sequence, so a composed codec reads like the
-generative story. Bits-back is then nothing more than popping a latent with
-its posterior codec and pushing it with its prior codec (see bitsback.py).
+on the stack, pop(stack) takes the same symbols back off. Bits-back is
+composed from codecs, as in craystack: `BitsBack` is a codec for data built
+from a prior, a likelihood and a posterior, and `BitSwap` nests it along a
+Markov chain of latents. Each derives its push and its pop from the one
+definition, so an encoder and a decoder cannot drift apart.
 
 Continuous variables live on grids both sides know: a value is an integer
 `k` (the bin), and its distribution is given in bin units. Each Gaussian is
@@ -15,7 +16,7 @@ integer stays codable whatever the model says.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import constriction
 import numpy as np
@@ -91,23 +92,73 @@ class Stack:
 
 
 class Codec(Protocol):
-    def push(self, stack: Stack, symbols: np.ndarray) -> None: ...
+    def push(self, stack: Stack, symbols: Any) -> None: ...
 
-    def pop(self, stack: Stack) -> np.ndarray: ...
+    def pop(self, stack: Stack) -> Any: ...
 
 
 @dataclass
-class Serial:
-    """Codes a sequence of symbol arrays, each with its own codec, in order."""
+class BitsBackStep:
+    """One latent coded bits-back, without its prior: the part every level shares.
 
-    codecs: Sequence[Codec]
+    `posterior(data)` is the codec of the latent given the data (q), `likelihood(latent)`
+    the codec of the data given the latent (p). Pushing data pops its latent (getting
+    bits back) and pushes the data; the caller then codes the latent with its prior.
+    """
 
-    def push(self, stack: Stack, symbols: Sequence[np.ndarray]) -> None:  # type: ignore[override]
-        for codec, s in reversed(list(zip(self.codecs, symbols))):
-            codec.push(stack, s)
+    posterior: Callable[[Any], Codec]
+    likelihood: Callable[[Any], Codec]
 
-    def pop(self, stack: Stack) -> list[np.ndarray]:  # type: ignore[override]
-        return [codec.pop(stack) for codec in self.codecs]
+    def push(self, stack: Stack, data: Any) -> Any:
+        latent = self.posterior(data).pop(stack)
+        self.likelihood(latent).push(stack, data)
+        return latent
+
+    def pop(self, stack: Stack, latent: Any) -> Any:
+        data = self.likelihood(latent).pop(stack)
+        self.posterior(data).push(stack, latent)
+        return data
+
+
+@dataclass
+class BitsBack:
+    """craystack's BBANS: a codec for data from prior p(z), likelihood p(x|z), posterior q(z|x).
+
+    The expected cost of a push is -ELBO = E_q[-log p(x|z) - log p(z) + log q(z|x)].
+    """
+
+    prior: Codec
+    step: BitsBackStep
+
+    def push(self, stack: Stack, data: Any) -> None:
+        self.prior.push(stack, self.step.push(stack, data))
+
+    def pop(self, stack: Stack) -> Any:
+        return self.step.pop(stack, self.prior.pop(stack))
+
+
+@dataclass
+class BitSwap:
+    """A Markov chain of latents x -> z_0 -> ... -> z_n coded bits-back in Bit-Swap order.
+
+    The same as `BitsBack` nested n + 1 deep (the prior of each level is the next
+    level's codec, the last one's is `prior`), unrolled into a loop so that a chain
+    of any length needs no recursion and only one step's bits on the stack at a time.
+    """
+
+    steps: Sequence[BitsBackStep]
+    prior: Codec
+
+    def push(self, stack: Stack, data: Any) -> None:
+        for step in self.steps:
+            data = step.push(stack, data)
+        self.prior.push(stack, data)
+
+    def pop(self, stack: Stack) -> Any:
+        latent = self.prior.pop(stack)
+        for step in reversed(self.steps):
+            latent = step.pop(stack, latent)
+        return latent
 
 
 @dataclass

@@ -41,6 +41,13 @@ class ModelConfig:
     attn_res: tuple[int, ...] = (8,)  # resolutions (for a 32-pixel tile) with attention
     dropout: float = 0.0
     fourier_powers: tuple[int, ...] = (6, 7)
+    # context: the denoiser also sees a margin of this many pixels around the tile, with
+    # the pixels the decoder already has there (and a mask of which those are); 0 = none
+    context: int = 0
+
+    def window(self, tile: int) -> int:
+        """Side of the window the denoiser runs on for a tile of side `tile`."""
+        return tile + 2 * self.context
 
     def multiple_of(self) -> int:
         """Tile sides must be a multiple of this for the nets to run."""
@@ -68,7 +75,7 @@ class ModelConfig:
         ints = {"channels": (3, 3), "tile": (1, 1024), "schedule_width": (1, 4096),
                 "schedule_dense_width": (1, 1 << 16), "latent_channels": (0, 256),
                 "latent_factor": (1, 256), "latent_width": (1, 4096), "width": (1, 4096),
-                "blocks": (1, 64)}
+                "blocks": (1, 64), "context": (0, 256)}
         for name, (lo, hi) in ints.items():
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
@@ -95,6 +102,8 @@ class ModelConfig:
             raise ValueError("bad latent shape")
         if self.latent_factor & (self.latent_factor - 1):
             raise ValueError("latent_factor must be a power of two")
+        if self.context % self.multiple_of():
+            raise ValueError(f"context margin {self.context} is not a multiple of {self.multiple_of()}")
         if self.tile % self.multiple_of():
             raise ValueError(f"tile {self.tile} is not a multiple of {self.multiple_of()}")
 
@@ -152,6 +161,7 @@ class Config:
 
 
 def _tiny_model(**kw: Any) -> ModelConfig:
+    """A model that trains and codes on a CPU in seconds (tests)."""
     base = dict(tile=16, width=8, mults=(1, 2), blocks=1, attn_res=(), schedule_width=8,
                 latent_channels=2, latent_factor=8, latent_width=8, fourier_powers=(7,))
     base.update(kw)
@@ -167,6 +177,7 @@ CONFIGS: dict[str, Config] = {
     # The three ablations of the issue, at tiny size.
     "tiny-scalar": Config("tiny-scalar", _tiny_model(schedule="scalar"), _TINY_TRAIN),
     "tiny-nolatent": Config("tiny-nolatent", _tiny_model(latent_channels=0), _TINY_TRAIN),
+    "tiny-context": Config("tiny-context", _tiny_model(context=8), _TINY_TRAIN),
     "tiny-linear": Config("tiny-linear", _tiny_model(schedule="linear", latent_channels=0), _TINY_TRAIN),
     # The issue's ablations at 32x32 and CPU scale, trained for equal steps (runs compared in the model issue's closing note).
     **{f"mini{suffix}": Config(f"mini{suffix}", ModelConfig(
@@ -183,6 +194,23 @@ CONFIGS: dict[str, Config] = {
                     schedule_width=16, latent_width=16),
         TrainConfig(batch_size=32, lr=1e-3, warmup_steps=200, ema_decay=0.999, log_every=25,
                     eval_every=500, eval_images=500),
+    ),
+    # Photographs (the default model): the CPU-trained `small` net on 64x64 tiles with an
+    # 8-pixel context margin, warm-started from the CIFAR-10 model (train --init).
+    "photo": Config(
+        "photo",
+        ModelConfig(tile=64, context=8, width=32, mults=(1, 2, 2), blocks=1, attn_res=(16,),
+                    latent_channels=4, schedule_width=16, latent_width=16),
+        TrainConfig(batch_size=12, lr=5e-4, warmup_steps=100, ema_decay=0.998, log_every=25,
+                    eval_every=250, eval_images=14, loss_steps=100),
+    ),
+    # The same on a GPU: a width-128 U-Net (see facts.md), batch 64 of 64x64 tiles.
+    "photo-gpu": Config(
+        "photo-gpu",
+        ModelConfig(tile=64, context=8, width=128, mults=(1, 2, 2), blocks=2, attn_res=(16,),
+                    latent_channels=4, dropout=0.1),
+        TrainConfig(batch_size=64, lr=5e-4, warmup_steps=200, ema_decay=0.9995, log_every=100,
+                    eval_every=1000, eval_images=14, checkpoint_minutes=2.0),
     ),
     # GPU configs (downsampling U-Nets, cheap per step; see facts.md for measured throughput).
     "base": Config(

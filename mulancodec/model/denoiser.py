@@ -6,6 +6,11 @@ noise level gamma_t (normalised), and the latent c upsampled to full size.
 The normalised mean of gamma_t is the time embedding, as in MuLAN.
 Fully convolutional (attention is resolution-agnostic), so it runs on any tile
 whose sides are a multiple of 2^(levels-1).
+
+With a context margin m (`ModelConfig.context`) the net runs on the tile's
+window of side S + 2m: the tile's own inputs sit in the centre (zero outside),
+and four more channels carry the context, the pixels the decoder already has
+around the tile (zero where unknown) and their mask. Only the centre is output.
 """
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .configs import ModelConfig
+
+
+CONTEXT_CHANNELS = 4  # the window's pixels where known (3) and the known mask (1)
 
 
 def _groups(ch: int) -> int:
@@ -93,6 +101,7 @@ class UNet(nn.Module):
         C, ch = cfg.channels, cfg.width
         temb = 4 * ch
         n_in = C + 2 * C * len(cfg.fourier_powers) + C + cfg.latent_channels
+        n_in += CONTEXT_CHANNELS if cfg.context else 0
         self.temb = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
         self.conv_in = nn.Conv2d(n_in, ch, 3, padding=1)
         res = cfg.tile
@@ -130,14 +139,26 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, z: Tensor, gamma_norm: Tensor, c: Tensor | None) -> Tensor:
-        """eps-hat for z (B,C,H,W); gamma_norm is gamma mapped to [0,1], per subpixel."""
+    def forward(self, z: Tensor, gamma_norm: Tensor, c: Tensor | None,
+                ctx: Tensor | None = None) -> Tensor:
+        """eps-hat for z (B,C,H,W); gamma_norm is gamma mapped to [0,1], per subpixel.
+
+        ctx: (B, 4, H+2m, W+2m) context channels (`mulan.context_channels`), or None
+        when the decoder has no pixel around the tile.
+        """
         cfg = self.cfg
         feats = [z, fourier_features(z, cfg.fourier_powers), gamma_norm.expand_as(z)]
         if cfg.latent_channels:
             assert c is not None
             feats.append(F.interpolate(c, scale_factor=cfg.latent_factor, mode="nearest"))
-        h = self.conv_in(torch.cat(feats, dim=1))
+        h = torch.cat(feats, dim=1)
+        m = cfg.context
+        if m:
+            h = F.pad(h, (m, m, m, m))
+            if ctx is None:
+                ctx = h.new_zeros(h.shape[0], CONTEXT_CHANNELS, *h.shape[2:])
+            h = torch.cat([h, ctx.to(h.dtype)], dim=1)
+        h = self.conv_in(h)
         emb = self.temb(timestep_embedding(gamma_norm.mean(dim=(1, 2, 3)), cfg.width))
         skips = [h]
         for blk in self.down:
@@ -151,4 +172,5 @@ class UNet(nn.Module):
                 h = torch.cat([h, skips.pop()], dim=1)
             for layer in blk:
                 h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return out[:, :, m:out.shape[2] - m, m:out.shape[3] - m] if m else out

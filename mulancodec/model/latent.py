@@ -15,13 +15,6 @@ from torch import Tensor, nn
 from .configs import ModelConfig
 
 
-def gaussian_kl(m1: Tensor, s1: Tensor, m2: Tensor | float, s2: Tensor | float) -> Tensor:
-    """KL(N(m1, s1^2) || N(m2, s2^2)) elementwise, in nats."""
-    m2 = torch.as_tensor(m2, dtype=m1.dtype, device=m1.device)
-    s2 = torch.as_tensor(s2, dtype=m1.dtype, device=m1.device)
-    return torch.log(s2 / s1) + (s1 * s1 + (m1 - m2) ** 2) / (2 * s2 * s2) - 0.5
-
-
 def std_normal_kl(m: Tensor, s: Tensor) -> Tensor:
     """KL(N(m, s^2) || N(0, 1)) elementwise, in nats."""
     return 0.5 * (m * m + s * s - 1) - torch.log(s)

@@ -31,6 +31,15 @@ def to_unit(x: Tensor) -> Tensor:
     return (2.0 * x.float() + 1.0) / BINS - 1.0
 
 
+def context_channels(window: Tensor, known: Tensor) -> Tensor:
+    """The denoiser's context input: window pixels (B,3,W,W) where known, and the mask.
+
+    known: (B,1,W,W) bool, from `context.known_window`.
+    """
+    k = known.float()
+    return torch.cat([to_unit(window) * k, k], dim=1)
+
+
 def alpha_sigma(gamma: Tensor) -> tuple[Tensor, Tensor]:
     return torch.sqrt(torch.sigmoid(-gamma)), torch.sqrt(torch.sigmoid(gamma))
 
@@ -55,6 +64,16 @@ def reverse_step(z_t: Tensor, eps_hat: Tensor, g_s: Tensor, g_t: Tensor) -> tupl
     em1 = torch.expm1(g_s - g_t)
     mean = (a_s / a_t) * (z_t + em1 * s_t * eps_hat)
     return mean, s_s * torch.sqrt(-em1)
+
+
+def reverse_step_kl(g_s: Tensor, g_t: Tensor, eps: Tensor, eps_hat: Tensor) -> Tensor:
+    """KL(q(z_s | z_t, x) || p(z_s | z_t)) per subpixel, in nats: the discrete-time loss's step.
+
+    These are `reverse_step` with the true eps and with eps-hat: one std, so the KL is
+    their squared mean difference over twice the variance, which simplifies to this
+    (computed without the cancellation the difference of two means would suffer).
+    """
+    return 0.5 * torch.expm1(g_t - g_s) * (eps - eps_hat) ** 2
 
 
 def decoder_params(z0: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:
@@ -124,17 +143,19 @@ class MuLAN(nn.Module):
     def gamma_norm(self, gamma: Tensor) -> Tensor:
         return (gamma - self.cfg.gamma_min) / (self.cfg.gamma_max - self.cfg.gamma_min)
 
-    def eps(self, z: Tensor, gamma: Tensor, c: Tensor | None) -> Tensor:
-        return self.denoiser(z, self.gamma_norm(gamma), c).float()
+    def eps(self, z: Tensor, gamma: Tensor, c: Tensor | None, ctx: Tensor | None = None) -> Tensor:
+        """eps-hat; ctx is the context input (`context_channels`) of a context model."""
+        return self.denoiser(z, self.gamma_norm(gamma), c, ctx).float()
 
     # -- the loss --------------------------------------------------------------------
     def terms(self, x: Tensor, steps: int = 0, generator: torch.Generator | None = None,
-              t: Tensor | None = None) -> Terms:
+              t: Tensor | None = None, ctx: Tensor | None = None) -> Terms:
         """Unbiased single-sample estimates of the -ELBO terms, per image, in bpd.
 
         x: (B, C, H, W) with values 0..255. steps = 0 gives the continuous-time
         diffusion loss; steps = T the exact discrete-time loss at T steps.
         t is sampled with antithetic (low-discrepancy) spacing unless given.
+        ctx: the context input of a context model (`context_channels`), or None.
         """
         B = x.shape[0]
         dims = x[0].numel()
@@ -178,20 +199,20 @@ class MuLAN(nn.Module):
         a_t, s_t = alpha_sigma(g_t)
         eps = randn(tuple(xu.shape))
         z_t = a_t * xu + s_t * eps
-        eps_hat = self.eps(z_t, g_t, c)
-        err = (eps - eps_hat) ** 2
-        if steps:
-            weight = steps * torch.expm1(g_t - sched.gamma(s))
+        eps_hat = self.eps(z_t, g_t, c, ctx)
+        if steps:  # T times one uniformly chosen step's KL: unbiased for the sum over steps
+            per_dim = steps * reverse_step_kl(sched.gamma(s), g_t, eps, eps_hat)
         else:
-            weight = sched.dgamma(t)
-        diffusion = 0.5 * (weight * err).flatten(1).sum(1)
+            per_dim = 0.5 * sched.dgamma(t) * (eps - eps_hat) ** 2
+        diffusion = per_dim.flatten(1).sum(1)
 
         k = 1.0 / (dims * LN2)
         return Terms(diffusion * k, recon * k, prior * k, latent_kl * k)
 
-    def forward(self, x: Tensor, steps: int = 0, generator: torch.Generator | None = None) -> Terms:
+    def forward(self, x: Tensor, steps: int = 0, generator: torch.Generator | None = None,
+                ctx: Tensor | None = None) -> Terms:
         """Training entry point (so DDP sees a forward call): the loss terms."""
-        return self.terms(x, steps, generator)
+        return self.terms(x, steps, generator, ctx=ctx)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -237,30 +237,7 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
     for src in inputs:  # every input is checked (format, size, mode) before any work or output
         if src != "-":
             probe(src, max_pixels)
-    jobs: list[tuple[list[str], str]]
-    if stream:
-        if output is None:
-            raise click.UsageError("--stream needs -o FILE")
-        jobs = [(list(inputs), output)]
-    elif len(inputs) == 1:
-        src = inputs[0]
-        out = output or ("-" if src == "-" else str(Path(src).with_suffix(".mlc")))
-        if out != "-" and (out.endswith("/") or Path(out).is_dir()):
-            out = str(Path(out) / (Path(src).stem + ".mlc"))
-        jobs = [([src], out)]
-    else:
-        if output is None or output == "-":
-            outdir = None
-        else:
-            outdir = Path(output)
-            if not (output.endswith("/") or outdir.is_dir()):
-                raise click.UsageError("several inputs need -o FOLDER/ (or --stream -o FILE)")
-            outdir.mkdir(parents=True, exist_ok=True)
-        if "-" in inputs:
-            raise click.UsageError("'-' (stdin) can only be used as the only input")
-        jobs = [([s], str((outdir or Path(s).parent) / (Path(s).stem + ".mlc"))) for s in inputs]
-        if len({o for _, o in jobs}) != len(jobs):
-            raise click.UsageError("two inputs would write the same output name")
+    jobs = _encode_jobs(inputs, output, stream)
     for srcs, out in jobs:
         check_target(out, srcs, force)
     dev = pick_device(device)
@@ -282,16 +259,47 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
         if out != "-" and output is not None and output.endswith("/"):
             Path(out).parent.mkdir(parents=True, exist_ok=True)
         emit(out, data, force)
-        info = {"input": srcs[0] if len(srcs) == 1 else srcs, "output": out, **info}
-        if as_json:
-            click.echo(json.dumps(info), err=out == "-")
-        elif not quiet and out != "-":
-            extra = " (embedded PNG/WebP: smaller than bits-back here)" if info.get("embedded") else ""
-            click.echo(f"{info['input'] if len(srcs) == 1 else f'{len(srcs)} images'} -> {out}: "
-                       f"{info['bytes']:,} bytes{extra}", err=True)
-            if verbose and "bpd" in info:
-                click.echo(f"  {info['bpd']} bits per subpixel, {info['tiles']} tiles, "
-                           f"bits-back size {info['bits_back_bytes']}", err=True)
+        _report_encode({"input": srcs[0] if len(srcs) == 1 else srcs, "output": out, **info},
+                       as_json, quiet, verbose)
+
+
+def _encode_jobs(inputs: tuple[str, ...], output: str | None, stream: bool) -> list[tuple[list[str], str]]:
+    """(inputs, output) of each file to write: one stream, or one .mlc per input."""
+    if stream:
+        if output is None:
+            raise click.UsageError("--stream needs -o FILE")
+        return [(list(inputs), output)]
+    if len(inputs) == 1:
+        src = inputs[0]
+        out = output or ("-" if src == "-" else str(Path(src).with_suffix(".mlc")))
+        if out != "-" and (out.endswith("/") or Path(out).is_dir()):
+            out = str(Path(out) / (Path(src).stem + ".mlc"))
+        return [([src], out)]
+    outdir = None
+    if output is not None and output != "-":
+        outdir = Path(output)
+        if not (output.endswith("/") or outdir.is_dir()):
+            raise click.UsageError("several inputs need -o FOLDER/ (or --stream -o FILE)")
+        outdir.mkdir(parents=True, exist_ok=True)
+    if "-" in inputs:
+        raise click.UsageError("'-' (stdin) can only be used as the only input")
+    jobs = [([s], str((outdir or Path(s).parent) / (Path(s).stem + ".mlc"))) for s in inputs]
+    if len({o for _, o in jobs}) != len(jobs):
+        raise click.UsageError("two inputs would write the same output name")
+    return jobs
+
+
+def _report_encode(info: dict[str, Any], as_json: bool, quiet: bool, verbose: bool) -> None:
+    out = info["output"]
+    if as_json:
+        click.echo(json.dumps(info), err=out == "-")
+    elif not quiet and out != "-":
+        extra = " (embedded PNG/WebP: smaller than bits-back here)" if info.get("embedded") else ""
+        src = info["input"] if isinstance(info["input"], str) else f"{len(info['input'])} images"
+        click.echo(f"{src} -> {out}: {info['bytes']:,} bytes{extra}", err=True)
+        if verbose and "bpd" in info:
+            click.echo(f"  {info['bpd']} bits per subpixel, {info['tiles']} tiles, "
+                       f"bits-back size {info['bits_back_bytes']}", err=True)
 
 
 def _safe_stem(name: str) -> str:
@@ -419,17 +427,22 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
 @_common_device
 @guarded
 def demo(image: str | None, steps: int | None, model_path: str | None, device: str | None) -> None:
-    """Compress the built-in sample (or IMAGE), decode it, check it, compare with PNG and WebP."""
+    """Compress a sample photograph (or IMAGE), decode it, check it, compare with PNG and WebP."""
     import time
 
     import numpy as np
 
     from .api import compress_with_stats, decompress_pictures, default_steps, get_model, pick_device
     from .image import load
-    from .sample import landscape
+    from .sample import landscape, photo
 
-    src = image or "built-in sample (a 128x96 landscape painted by mulancodec/sample.py)"
-    pic = load(image if image else landscape())
+    if image:
+        src, pic = image, load(image)
+    else:
+        arr, src = photo()
+        if arr is None:  # no dependency ships a photograph here: the painted sample
+            arr, src = landscape(), f"{src}; a 128x96 landscape painted by mulancodec/sample.py"
+        pic = load(arr)
     dev = pick_device(device)
     lm = get_model(model_path, dev)
     click.echo(f"image: {src}, {pic.mode} {pic.width}x{pic.height}")
@@ -454,6 +467,11 @@ def demo(image: str | None, steps: int | None, model_path: str | None, device: s
     with contextlib.suppress(OSError, KeyError, ValueError):
         if pic.mode in ("RGB", "RGBA"):
             rows.append(("WebP lossless (method 6)", size("WEBP", lossless=True, quality=100, method=6)))
+    with contextlib.suppress(ImportError, RuntimeError, ValueError):  # imagecodecs: the bench extra
+        import imagecodecs
+
+        rows.append(("JPEG-XL lossless (effort 9)",
+                     len(imagecodecs.jpegxl_encode(pic.array(), lossless=True, effort=9))))
     click.echo(f"round trip exact: yes (encode {t1 - t0:.1f}s, decode {t2 - t1:.1f}s, "
                f"T={steps or default_steps(lm)})")
     click.echo(f"{'codec':26} {'bytes':>8} {'bits/subpixel':>14}")

@@ -51,3 +51,22 @@ def landscape(height: int = 96, width: int = 128) -> np.ndarray:
     img = np.where(meadow, np.array([80, 140, 60]) + 70 * grass * np.array([0.6, 1.0, 0.4]), img)
     grain = (_noise((height, width), 5 * height * width) - 0.5)[..., None] * 10
     return np.clip(np.rint(img + grain), 0, 255).astype(np.uint8)
+
+
+def photo(size: int = 192) -> tuple[np.ndarray | None, str]:
+    """A real photograph for the demo, when a dependency ships one: the centre of the
+    Grace Hopper portrait in matplotlib's sample data (installed with the `bench` and
+    `test` extras). Returns (None, why) when it is not installed."""
+    try:
+        from matplotlib import cbook
+        from PIL import Image
+
+        with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - any failure means: no photograph at hand
+        return None, f"matplotlib's sample photograph is not available ({type(e).__name__})"
+    h, w = rgb.shape[:2]
+    top, left = max(0, (h - size) // 3), max(0, (w - size) // 2)
+    crop = np.ascontiguousarray(rgb[top:top + size, left:left + size])
+    return crop, (f"a {crop.shape[1]}x{crop.shape[0]} crop of the Grace Hopper portrait from "
+                  "matplotlib's sample data (a JPEG-decoded photograph)")

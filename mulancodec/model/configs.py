@@ -13,6 +13,14 @@ from pathlib import Path
 from typing import Any
 
 
+def _fields(cls: type, d: dict[str, Any], what: str, tuples: tuple[str, ...]) -> dict[str, Any]:
+    """A config's fields from JSON: unknown names refused, JSON lists back to tuples."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} config fields: {sorted(unknown)}")
+    return {k: tuple(v) if k in tuples else v for k, v in d.items()}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a MuLAN model; every field changes the weights' meaning."""
@@ -59,15 +67,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        d = dict(d)
-        for k in ("mults", "attn_res", "fourier_powers"):
-            if k in d:
-                d[k] = tuple(d[k])
-        cfg = cls(**d)
+        cfg = cls(**_fields(cls, d, "model", ("mults", "attn_res", "fourier_powers")))
         cfg.validate()
         return cfg
 
@@ -132,14 +132,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown train config fields: {sorted(unknown)}")
-        d = dict(d)
-        if "adam_betas" in d:
-            d["adam_betas"] = tuple(d["adam_betas"])
-        return cls(**d)
+        return cls(**_fields(cls, d, "train", ("adam_betas",)))
 
 
 @dataclass(frozen=True)

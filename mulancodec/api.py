@@ -5,6 +5,7 @@ likelihoods and bits-back ANS (coding/bitsback.py) -> container (coding/containe
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -188,13 +189,14 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
             device: "str | torch.device | None" = None,
             model: "str | os.PathLike | LoadedModel | None" = None, fallback: bool = True,
             max_batch: int | None = None, progress: Callable[[int], None] | None = None,
-            names: Sequence[str] | None = None) -> tuple[bytes, EncodeStats]:
+            names: Sequence[str] | None = None,
+            _spec: ChainSpec | None = None) -> tuple[bytes, EncodeStats]:
     dev = pick_device(device)
     lm = get_model(model, dev)
-    T = steps if steps is not None else default_steps(lm)
+    T = _spec.steps if _spec is not None else steps if steps is not None else default_steps(lm)
     if not 1 <= T <= fmt.MAX_STEPS:
         raise EncodeError(f"steps must be between 1 and {fmt.MAX_STEPS}")
-    spec = ChainSpec(steps=T)
+    spec = _as_stored(_spec or ChainSpec(steps=T))
     tile = lm.config.tile
     recs = [_record(p) for p in pics]
     for rec, name in zip(recs, names or []):
@@ -224,6 +226,18 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
             data = alt
             stats.bytes, stats.embedded = len(alt), True
     return data, stats
+
+
+def _as_stored(spec: ChainSpec) -> ChainSpec:
+    """The spec with its float parameters as the header stores them (float32), so the
+    encoder codes with exactly the distributions the decoder will rebuild."""
+    try:
+        fmt.check_floats(kappa=spec.kappa, window=spec.window, latent_delta=spec.latent_delta)
+    except ValueError as e:
+        raise EncodeError(str(e)) from None
+    return dataclasses.replace(spec, kappa=fmt.stored_float(spec.kappa),
+                               window=fmt.stored_float(spec.window),
+                               latent_delta=fmt.stored_float(spec.latent_delta))
 
 
 def _load_all(images: Iterable[img.ImageLike], max_pixels: int | None) -> list[img.Picture]:

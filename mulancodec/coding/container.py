@@ -27,6 +27,8 @@ MAX_TILES = 1 << 26
 MAX_THREADS = 256  # the decoder starts this many CPU threads if a file asks for them
 MAX_BATCH_PIXELS = 1 << 18  # tiles x tile^2 in one batch (one tile always fits): bounds decoder memory
 SEED_TRIES = 6  # the encoder tries seed_sizes() in order until the first batch fits
+# The ranges a reader accepts for the float32 chain parameters (kappa, window, latent grid).
+FLOAT_RANGES = {"kappa": (1e-3, 64.0), "window": (1.0, 1e3), "latent_delta": (1e-6, 1.0)}
 
 
 class FormatError(Exception):
@@ -130,6 +132,20 @@ class _Reader:
 
 
 # -- writer -----------------------------------------------------------------------------
+
+def stored_float(v: float) -> float:
+    """`v` as a reader gets it back from the header (float32): the encoder must code with
+    exactly this value, or the decoder rebuilds slightly different distributions."""
+    return struct.unpack("<f", struct.pack("<f", v))[0]
+
+
+def check_floats(**values: float) -> None:
+    """Raise ValueError for a chain parameter a reader would refuse (see FLOAT_RANGES)."""
+    for name, v in values.items():
+        lo, hi = FLOAT_RANGES[name]
+        if not lo <= stored_float(v) <= hi:
+            raise ValueError(f"{name} = {v} is out of range ({lo}..{hi})")
+
 
 def _image_bytes(r: ImageRecord) -> bytes:
     out = bytearray([MODES.index(r.mode), r.method])
@@ -293,9 +309,9 @@ def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
     steps = r.varint(MAX_STEPS, "steps")
     if steps < 1:
         raise FormatError("steps must be at least 1")
-    kappa = r.f32(1e-3, 64.0, "kappa")
-    window = r.f32(1.0, 1e3, "window")
-    latent_delta = r.f32(1e-6, 1.0, "latent grid")
+    kappa = r.f32(*FLOAT_RANGES["kappa"], "kappa")
+    window = r.f32(*FLOAT_RANGES["window"], "window")
+    latent_delta = r.f32(*FLOAT_RANGES["latent_delta"], "latent grid")
     tile = r.varint(MAX_TILE, "tile size")
     if tile < 1:
         raise FormatError("tile size must be positive")

@@ -6,9 +6,12 @@ produce a `FormatError`, never a huge allocation.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence, overload
 
 import numpy as np
 
@@ -49,6 +52,76 @@ class ImageRecord:
     name: str = ""  # optional (streams made from files keep their names)
 
 
+class Plan(Sequence[int]):
+    """The batch sizes in coding order, kept as the (size, repeat) runs the file stores.
+
+    A plan of a few bytes can name 2^26 batches; it is never expanded into a list:
+    length, indexing and iteration (both ways) work on the runs.
+    """
+
+    __slots__ = ("runs", "_starts")
+
+    def __init__(self, runs: Iterable[tuple[int, int]] = ()) -> None:
+        self.runs: tuple[tuple[int, int], ...] = tuple((int(b), int(k)) for b, k in runs if k)
+        self._starts = list(itertools.accumulate((k for _, k in self.runs), initial=0))
+
+    @classmethod
+    def of(cls, sizes: Iterable[int]) -> "Plan":
+        """The plan of these batch sizes (a Plan is returned as it is)."""
+        if isinstance(sizes, Plan):
+            return sizes
+        return cls((b, sum(1 for _ in g)) for b, g in itertools.groupby(sizes))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[int]: ...
+    def __getitem__(self, i: int | slice) -> int | list[int]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError("plan index out of range")
+        i %= len(self)
+        return self.runs[bisect.bisect_right(self._starts, i) - 1][0]
+
+    def __iter__(self) -> Iterator[int]:
+        for b, k in self.runs:
+            yield from itertools.repeat(b, k)
+
+    def __reversed__(self) -> Iterator[int]:
+        for b, k in reversed(self.runs):
+            yield from itertools.repeat(b, k)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Plan):
+            return self._merged() == other._merged()
+        if isinstance(other, (list, tuple)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def _merged(self) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        for b, k in self.runs:
+            if out and out[-1][0] == b:
+                out[-1] = (b, out[-1][1] + k)
+            else:
+                out.append((b, k))
+        return out
+
+    def __add__(self, other: Iterable[int]) -> list[int]:
+        return list(self) + list(other)
+
+    def __repr__(self) -> str:
+        return f"Plan({list(self.runs)!r})"
+
+    def tiles(self) -> int:
+        """Tiles the batches hold together."""
+        return sum(b * k for b, k in self.runs)
+
+
 @dataclass
 class Header:
     model_id: str  # 16 hex digits
@@ -62,7 +135,7 @@ class Header:
     latent_delta: float
     tile: int
     images: list[ImageRecord] = field(default_factory=list)
-    plan: list[int] = field(default_factory=list)
+    plan: Sequence[int] = field(default_factory=Plan)  # a Plan when read from a file
     direct: int = 0  # leading tiles coded directly (PNG/WebP on the stack)
     seed_words: int = 0
     stripped: int = 0
@@ -170,13 +243,8 @@ def _image_bytes(r: ImageRecord) -> bytes:
     return bytes(out)
 
 
-def _plan_bytes(plan: list[int]) -> bytes:
-    runs: list[tuple[int, int]] = []
-    for b in plan:
-        if runs and runs[-1][0] == b:
-            runs[-1] = (b, runs[-1][1] + 1)
-        else:
-            runs.append((b, 1))
+def _plan_bytes(plan: Sequence[int]) -> bytes:
+    runs = Plan.of(plan).runs
     out = bytearray(_varint(len(runs)))
     for b, n in runs:
         out += _varint(b) + _varint(n)
@@ -361,7 +429,7 @@ def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
         raise FormatError("the batch plan is empty")
     if plan_total + h.direct != needed:
         raise FormatError(f"batch plan covers {plan_total + h.direct} tiles, the images have {needed}")
-    h.plan = [b for b, k in runs for _ in range(k)]
+    h.plan = Plan(runs)  # run-length: a plan of a few bytes can name 2^26 batches
     h.seed_words = r.varint(max_seed_words(tile), "seed length")
     h.stripped = r.varint(h.seed_words + 1, "stripped seed words")
     if needed and h.seed_words < 1:

@@ -300,10 +300,26 @@ def read_header(data: bytes, max_pixels: int | None = None) -> fmt.Header:
     return fmt.read(data, img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)[0]
 
 
+def check_work(h: fmt.Header, max_work: int | None = None) -> None:
+    """Refuse a file that declares more decoding work (tile-steps) than the limit, before any
+    of it starts: a header of a few bytes can ask for hours of network evaluations."""
+    limit = fmt.DEFAULT_MAX_WORK if max_work is None else max_work
+    if limit < 0:
+        raise ValueError("max_work must be 0 (no limit) or positive")
+    work = fmt.declared_work(h)
+    if limit and work > limit:
+        tiles = sum(fmt.tiles_in(r, h.tile) for r in h.images)
+        raise DecodeError(f"decoding this file takes {work:,} tile-steps ({tiles:,} tiles x {h.steps:,} "
+                          f"steps), over the work limit of {limit:,}; raise it with max_work= / "
+                          "--max-work (0 = no limit) if you trust the file")
+
+
 def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.PathLike | LoadedModel | None",
-            max_pixels: int | None, progress: Callable[[int], None] | None) -> list[img.Picture]:
+            max_pixels: int | None, progress: Callable[[int], None] | None,
+            max_work: int | None = None) -> list[img.Picture]:
     limit = img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     h, payload = fmt.read(bytes(data), limit)
+    check_work(h, max_work)
     coded = any(rec.method == fmt.METHOD_MODEL for rec in h.images)
     if coded:  # everything that can refuse the file cheaply, before any per-tile allocation
         if device is not None and torch.device(device).type != h.backend:
@@ -379,10 +395,15 @@ def _assemble(rec: fmt.ImageRecord, rgb: np.ndarray) -> img.Picture:
 
 def decompress_pictures(data: bytes, *, device: "str | torch.device | None" = None,
                         model: "str | os.PathLike | LoadedModel | None" = None,
-                        max_pixels: int | None = None,
+                        max_pixels: int | None = None, max_work: int | None = None,
                         progress: Callable[[int], None] | None = None) -> list[img.Picture]:
-    """Every image of a file, with mode, palette and alpha (see image.Picture)."""
-    return _decode(data, device, model, max_pixels, progress)
+    """Every image of a file, with mode, palette and alpha (see image.Picture).
+
+    Limits on what an untrusted file may ask for: `max_pixels` (default 2^28) and
+    `max_work`, decoding work in tile-steps (default container.DEFAULT_MAX_WORK = 2^24,
+    about 16,000 tiles at T=1000); 0 means no limit.
+    """
+    return _decode(data, device, model, max_pixels, progress, max_work)
 
 
 def _single(pics: list[img.Picture]) -> img.Picture:
@@ -393,25 +414,25 @@ def _single(pics: list[img.Picture]) -> img.Picture:
 
 def decompress(data: bytes, *, device: "str | torch.device | None" = None,
                model: "str | os.PathLike | LoadedModel | None" = None,
-               max_pixels: int | None = None) -> np.ndarray:
+               max_pixels: int | None = None, max_work: int | None = None) -> np.ndarray:
     """Decode a one-image file to a numpy array shaped like the input was (P: indices)."""
-    return _single(_decode(data, device, model, max_pixels, None)).array()
+    return _single(_decode(data, device, model, max_pixels, None, max_work)).array()
 
 
 def decompress_image(data: bytes, *, device: "str | torch.device | None" = None,
                      model: "str | os.PathLike | LoadedModel | None" = None,
-                     max_pixels: int | None = None) -> Image.Image:
+                     max_pixels: int | None = None, max_work: int | None = None) -> Image.Image:
     """Decode a one-image file to a PIL image with the original mode (and palette)."""
-    return _single(_decode(data, device, model, max_pixels, None)).to_pil()
+    return _single(_decode(data, device, model, max_pixels, None, max_work)).to_pil()
 
 
 def decompress_many(data: bytes, *, device: "str | torch.device | None" = None,
                     model: "str | os.PathLike | LoadedModel | None" = None,
-                    max_pixels: int | None = None) -> list[np.ndarray]:
+                    max_pixels: int | None = None, max_work: int | None = None) -> list[np.ndarray]:
     """Decode every image of a stream, in order."""
-    return [p.array() for p in _decode(data, device, model, max_pixels, None)]
+    return [p.array() for p in _decode(data, device, model, max_pixels, None, max_work)]
 
 
 __all__ = ["compress", "compress_many", "compress_many_with_stats", "compress_with_stats",
-           "decompress", "decompress_image", "decompress_many", "decompress_pictures", "read_header", "DecodeError", "EncodeError",
+           "decompress", "decompress_image", "decompress_many", "decompress_pictures", "read_header", "check_work", "DecodeError", "EncodeError",
            "EncodeStats", "ModelFileError"]

@@ -30,6 +30,10 @@ MAX_TILES = 1 << 26
 MAX_THREADS = 256  # the decoder starts this many CPU threads if a file asks for them
 MAX_BATCH_PIXELS = 1 << 18  # tiles x tile^2 in one batch (one tile always fits): bounds decoder memory
 SEED_TRIES = 6  # the encoder tries seed_sizes() in order until the first batch fits
+# Decoding work a reader starts by default, in tile-steps (model-coded tiles x steps): one
+# network evaluation each. 2^24 covers a 4096x4096 photo in 32x32 tiles at T=1000
+# (16,384 tiles x 1000 steps); decoders take a lower or higher limit (0 = none).
+DEFAULT_MAX_WORK = 1 << 24
 # The ranges a reader accepts for the float32 chain parameters (kappa, window, latent grid).
 FLOAT_RANGES = {"kappa": (1e-3, 64.0), "window": (1.0, 1e3), "latent_delta": (1e-6, 1.0)}
 
@@ -327,6 +331,11 @@ def tiles_in(rec: ImageRecord, tile: int) -> int:
     if rec.method != METHOD_MODEL:
         return 0
     return -(-rec.height // tile) * -(-rec.width // tile)
+
+
+def declared_work(h: Header) -> int:
+    """Tile-steps (network evaluations) decoding the file takes: model-coded tiles x steps."""
+    return h.steps * sum(tiles_in(rec, h.tile) for rec in h.images)
 
 
 def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray]:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from . import image as img
+from .coding import codecs as _codecs
 from .coding import container as fmt
 from .coding.bitsback import ChainSpec, Encoded, TileJob, decode_tiles, deterministic, encode_tiles
 from .coding.codecs import CodingError
@@ -366,9 +367,14 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
 
 
 def _with_env_hint(msg: str, h: fmt.Header, dev: torch.device) -> str:
+    """A failed decode's message, with what in this environment differs from the encoder's."""
     if h.env_tag != env_tag(dev):
-        return (msg + " (the file was encoded with a different torch version or CPU/GPU kind, "
+        msg += (" (the file was encoded with a different torch version or CPU/GPU kind, "
                 "which changes the model's float results; decode it where it was encoded)")
+    have = _codecs.constriction_version()
+    if have != _codecs.CONSTRICTION_VERSION:
+        msg += (f" (constriction {have} is installed, but mulancodec codes with constriction "
+                f"{_codecs.CONSTRICTION_VERSION}: pip install constriction=={_codecs.CONSTRICTION_VERSION})")
     return msg
 
 

@@ -385,6 +385,7 @@ def decode(input: str, output: str | None, fmt: str | None, model_path: str | No
 def info(file: str, as_json: bool, max_pixels: int | None) -> None:
     """Describe an .mlc file without decoding it."""
     from .api import read_header
+    from .coding.codecs import CONSTRICTION_VERSION, constriction_version
     from .coding.container import DEFAULT_MAX_WORK, METHOD_EMBED, VERSION, tiles_in
 
     data = read_input(file)
@@ -399,6 +400,8 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
         "batches": len(h.plan), "seed_words": h.seed_words,
         # decoding cost: one network evaluation per model-coded tile and step
         "network_evaluations": sum(tiles_in(r, h.tile) for r in h.images) * h.steps,
+        # what this decoder would run with (files decode only with the pinned constriction)
+        "constriction": constriction_version(), "constriction_required": CONSTRICTION_VERSION,
         "image_list": [{"name": r.name, "mode": r.mode, "width": r.width, "height": r.height,
                         "method": "embedded" if r.method == METHOD_EMBED else "bits-back",
                         "tiles": tiles_in(r, h.tile)} for r in h.images],
@@ -412,6 +415,8 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
         d["network_evaluations"] > DEFAULT_MAX_WORK) else ""
     click.echo(f"  model {h.model_id}, {h.backend} {d['precision']}, T={h.steps}, tile {h.tile}, "
                f"{len(h.plan)} batches, {d['network_evaluations']:,} tile evaluations to decode{over}")
+    pin = "" if d["constriction"] == CONSTRICTION_VERSION else f" (files need {CONSTRICTION_VERSION})"
+    click.echo(f"  decoder here: constriction {d['constriction']}{pin}")
     for r in d["image_list"][:20]:
         name = f" {r['name']}" if r["name"] else ""
         click.echo(f"  {r['mode']:4} {r['width']}x{r['height']} {r['method']}{name}")

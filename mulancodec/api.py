@@ -20,8 +20,9 @@ from PIL import Image
 from . import image as img
 from .coding import codecs as _codecs
 from .coding import container as fmt
-from .coding.bitsback import ChainSpec, Encoded, TileJob, decode_tiles, deterministic, encode_tiles
+from .coding.bitsback import ChainSpec, Encoded, TileJob, decode_tiles, encode_tiles
 from .coding.codecs import CodingError
+from .coding.determinism import deterministic
 from .weights import LoadedModel, ModelFileError, load_model
 
 DEFAULT_STEPS = 100

@@ -22,11 +22,9 @@ the next batch's first pops; the plan is stored.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -61,31 +59,6 @@ class TileJob:
     src: np.ndarray  # (3*S*S,) source index of every subpixel
     coded: np.ndarray  # (3*S*S,) bool: subpixels that are coded
     pixels: np.ndarray | None = None
-
-
-@contextlib.contextmanager
-def deterministic(device: torch.device, threads: int) -> Iterator[None]:
-    """Pin what changes the network's float results: threads, kernels, TF32."""
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    old_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    old_bench = torch.backends.cudnn.benchmark
-    try:
-        if device.type == "cpu":
-            torch.set_num_threads(threads)
-        else:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cudnn.benchmark = False
-        with torch.no_grad():
-            yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old_tf32
-        torch.backends.cudnn.benchmark = old_bench
 
 
 class TileBatch:

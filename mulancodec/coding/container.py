@@ -371,6 +371,28 @@ def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray
     return h, np.frombuffer(body, dtype="<u4").astype(np.uint32)
 
 
+def _read_plan(r: _Reader, tile: int) -> Plan:
+    """The batch plan's runs, each checked, without expanding them."""
+    n_runs = r.varint(MAX_BATCHES, "plan length")
+    if n_runs > r.left() // 2:
+        raise FormatError("truncated batch plan")
+    plan_total = 0
+    runs = []
+    for _ in range(n_runs):
+        b = r.varint(MAX_BATCHES, "batch size")
+        k = r.varint(MAX_BATCHES, "batch repeat")
+        if b < 1 or k < 1:
+            raise FormatError("empty batch in plan")
+        if b > max_batch(tile):
+            raise FormatError(f"batch of {b} tiles in the plan (at most {max_batch(tile)} of "
+                              f"{tile}x{tile} pixels)")
+        plan_total += b * k
+        if plan_total > MAX_TILES:
+            raise FormatError("batch plan too long")
+        runs.append((b, k))
+    return Plan(runs)
+
+
 def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
     model_id = r.take(8).hex()
     backend_i = r.u8()
@@ -415,30 +437,14 @@ def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
             raise FormatError("image names do not match the image count")
         for rec, name in zip(h.images, parts):
             rec.name = name
-    n_runs = r.varint(MAX_BATCHES, "plan length")
-    if n_runs > r.left() // 2:
-        raise FormatError("truncated batch plan")
-    plan_total = 0
-    runs = []
-    for _ in range(n_runs):
-        b = r.varint(MAX_BATCHES, "batch size")
-        k = r.varint(MAX_BATCHES, "batch repeat")
-        if b < 1 or k < 1:
-            raise FormatError("empty batch in plan")
-        if b > max_batch(tile):
-            raise FormatError(f"batch of {b} tiles in the plan (at most {max_batch(tile)} of "
-                              f"{tile}x{tile} pixels)")
-        plan_total += b * k
-        if plan_total > MAX_TILES:
-            raise FormatError("batch plan too long")
-        runs.append((b, k))
+    h.plan = _read_plan(r, tile)  # run-length: a plan of a few bytes can name 2^26 batches
+    plan_total = h.plan.tiles()
     h.direct = r.varint(MAX_TILES, "directly coded tiles")
     needed = sum(tiles_in(rec, tile) for rec in h.images)
     if needed and not plan_total:
         raise FormatError("the batch plan is empty")
     if plan_total + h.direct != needed:
         raise FormatError(f"batch plan covers {plan_total + h.direct} tiles, the images have {needed}")
-    h.plan = Plan(runs)  # run-length: a plan of a few bytes can name 2^26 batches
     h.seed_words = r.varint(max_seed_words(tile), "seed length")
     h.stripped = r.varint(h.seed_words + 1, "stripped seed words")
     if needed and h.seed_words < 1:

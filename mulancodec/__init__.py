@@ -7,9 +7,16 @@
     blob = mulancodec.compress_many(images)            # one stream, start-up cost paid once
     arrays = mulancodec.decompress_many(blob)
 
-Importing the package also registers the MLC format with Pillow.
+Importing the package also registers the MLC format with Pillow, and sets
+CUBLAS_WORKSPACE_CONFIG=:4096:8 unless the process set it (deterministic cuBLAS).
 """
 __version__ = "0.1.0"
+
+# Before torch is imported (so before any CUDA work this package causes): cuBLAS reads
+# CUBLAS_WORKSPACE_CONFIG once per process (see coding/determinism.py).
+import os as _os
+
+_os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 from .api import (DecodeError, EncodeError, EncodeStats, MissingModelError, compress, compress_many, compress_many_with_stats,
                   compress_with_stats, decompress, decompress_image, decompress_many, decompress_pictures,

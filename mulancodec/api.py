@@ -5,6 +5,7 @@ likelihoods and bits-back ANS (coding/bitsback.py) -> container (coding/containe
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -17,10 +18,12 @@ import torch
 from PIL import Image
 
 from . import image as img
+from .coding import codecs as _codecs
 from .coding import container as fmt
-from .coding.bitsback import ChainSpec, deterministic
-from .coding.stream import Encoded, TileContext, decode_tiles, encode_tiles
+from .coding.bitsback import ChainSpec
 from .coding.codecs import CodingError
+from .coding.determinism import deterministic
+from .coding.stream import Encoded, TileContext, decode_tiles, encode_tiles
 from .weights import ENV_MODEL, LoadedModel, ModelFileError, find_shipped, load_model, shipped_models
 
 DEFAULT_STEPS = 100
@@ -167,13 +170,14 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
             device: "str | torch.device | None" = None,
             model: "str | os.PathLike | LoadedModel | None" = None, fallback: bool = True,
             max_batch: int | None = None, progress: Callable[[int], None] | None = None,
-            names: Sequence[str] | None = None) -> tuple[bytes, EncodeStats]:
+            names: Sequence[str] | None = None,
+            _spec: ChainSpec | None = None) -> tuple[bytes, EncodeStats]:
     dev = pick_device(device)
     lm = get_model(model, dev)
-    T = steps if steps is not None else default_steps(lm)
+    T = _spec.steps if _spec is not None else steps if steps is not None else default_steps(lm)
     if not 1 <= T <= fmt.MAX_STEPS:
         raise EncodeError(f"steps must be between 1 and {fmt.MAX_STEPS}")
-    spec = ChainSpec(steps=T)
+    spec = _as_stored(_spec or ChainSpec(steps=T))
     tile = lm.config.tile
     recs = [_record(p) for p in pics]
     for rec, name in zip(recs, names or []):
@@ -203,6 +207,18 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
             data = alt
             stats.bytes, stats.embedded = len(alt), True
     return data, stats
+
+
+def _as_stored(spec: ChainSpec) -> ChainSpec:
+    """The spec with its float parameters as the header stores them (float32), so the
+    encoder codes with exactly the distributions the decoder will rebuild."""
+    try:
+        fmt.check_floats(kappa=spec.kappa, window=spec.window, latent_delta=spec.latent_delta)
+    except ValueError as e:
+        raise EncodeError(str(e)) from None
+    return dataclasses.replace(spec, kappa=fmt.stored_float(spec.kappa),
+                               window=fmt.stored_float(spec.window),
+                               latent_delta=fmt.stored_float(spec.latent_delta))
 
 
 def _load_all(images: Iterable[img.ImageLike], max_pixels: int | None) -> list[img.Picture]:
@@ -281,10 +297,26 @@ def read_header(data: bytes, max_pixels: int | None = None) -> fmt.Header:
     return fmt.read(data, img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)[0]
 
 
+def check_work(h: fmt.Header, max_work: int | None = None) -> None:
+    """Refuse a file that declares more decoding work (tile-steps) than the limit, before any
+    of it starts: a header of a few bytes can ask for hours of network evaluations."""
+    limit = fmt.DEFAULT_MAX_WORK if max_work is None else max_work
+    if limit < 0:
+        raise ValueError("max_work must be 0 (no limit) or positive")
+    work = fmt.declared_work(h)
+    if limit and work > limit:
+        tiles = sum(fmt.tiles_in(r, h.tile) for r in h.images)
+        raise DecodeError(f"decoding this file takes {work:,} tile-steps ({tiles:,} tiles x {h.steps:,} "
+                          f"steps), over the work limit of {limit:,}; raise it with max_work= / "
+                          "--max-work (0 = no limit) if you trust the file")
+
+
 def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.PathLike | LoadedModel | None",
-            max_pixels: int | None, progress: Callable[[int], None] | None) -> list[img.Picture]:
+            max_pixels: int | None, progress: Callable[[int], None] | None,
+            max_work: int | None = None) -> list[img.Picture]:
     limit = img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     h, payload = fmt.read(bytes(data), limit)
+    check_work(h, max_work)
     coded = any(rec.method == fmt.METHOD_MODEL for rec in h.images)
     if coded:  # everything that can refuse the file cheaply, before any per-tile allocation
         if device is not None and torch.device(device).type != h.backend:
@@ -332,9 +364,14 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
 
 
 def _with_env_hint(msg: str, h: fmt.Header, dev: torch.device) -> str:
+    """A failed decode's message, with what in this environment differs from the encoder's."""
     if h.env_tag != env_tag(dev):
-        return (msg + " (the file was encoded with a different torch version or CPU/GPU kind, "
+        msg += (" (the file was encoded with a different torch version or CPU/GPU kind, "
                 "which changes the model's float results; decode it where it was encoded)")
+    have = _codecs.constriction_version()
+    if have != _codecs.CONSTRICTION_VERSION:
+        msg += (f" (constriction {have} is installed, but mulancodec codes with constriction "
+                f"{_codecs.CONSTRICTION_VERSION}: pip install constriction=={_codecs.CONSTRICTION_VERSION})")
     return msg
 
 
@@ -361,10 +398,15 @@ def _assemble(rec: fmt.ImageRecord, rgb: np.ndarray) -> img.Picture:
 
 def decompress_pictures(data: bytes, *, device: "str | torch.device | None" = None,
                         model: "str | os.PathLike | LoadedModel | None" = None,
-                        max_pixels: int | None = None,
+                        max_pixels: int | None = None, max_work: int | None = None,
                         progress: Callable[[int], None] | None = None) -> list[img.Picture]:
-    """Every image of a file, with mode, palette and alpha (see image.Picture)."""
-    return _decode(data, device, model, max_pixels, progress)
+    """Every image of a file, with mode, palette and alpha (see image.Picture).
+
+    Limits on what an untrusted file may ask for: `max_pixels` (default 2^28) and
+    `max_work`, decoding work in tile-steps (default container.DEFAULT_MAX_WORK = 2^24,
+    about 16,000 tiles at T=1000); 0 means no limit.
+    """
+    return _decode(data, device, model, max_pixels, progress, max_work)
 
 
 def _single(pics: list[img.Picture]) -> img.Picture:
@@ -375,25 +417,25 @@ def _single(pics: list[img.Picture]) -> img.Picture:
 
 def decompress(data: bytes, *, device: "str | torch.device | None" = None,
                model: "str | os.PathLike | LoadedModel | None" = None,
-               max_pixels: int | None = None) -> np.ndarray:
+               max_pixels: int | None = None, max_work: int | None = None) -> np.ndarray:
     """Decode a one-image file to a numpy array shaped like the input was (P: indices)."""
-    return _single(_decode(data, device, model, max_pixels, None)).array()
+    return _single(_decode(data, device, model, max_pixels, None, max_work)).array()
 
 
 def decompress_image(data: bytes, *, device: "str | torch.device | None" = None,
                      model: "str | os.PathLike | LoadedModel | None" = None,
-                     max_pixels: int | None = None) -> Image.Image:
+                     max_pixels: int | None = None, max_work: int | None = None) -> Image.Image:
     """Decode a one-image file to a PIL image with the original mode (and palette)."""
-    return _single(_decode(data, device, model, max_pixels, None)).to_pil()
+    return _single(_decode(data, device, model, max_pixels, None, max_work)).to_pil()
 
 
 def decompress_many(data: bytes, *, device: "str | torch.device | None" = None,
                     model: "str | os.PathLike | LoadedModel | None" = None,
-                    max_pixels: int | None = None) -> list[np.ndarray]:
+                    max_pixels: int | None = None, max_work: int | None = None) -> list[np.ndarray]:
     """Decode every image of a stream, in order."""
-    return [p.array() for p in _decode(data, device, model, max_pixels, None)]
+    return [p.array() for p in _decode(data, device, model, max_pixels, None, max_work)]
 
 
 __all__ = ["compress", "compress_many", "compress_many_with_stats", "compress_with_stats",
-           "decompress", "decompress_image", "decompress_many", "decompress_pictures", "read_header", "DecodeError", "EncodeError",
+           "decompress", "decompress_image", "decompress_many", "decompress_pictures", "read_header", "check_work", "DecodeError", "EncodeError",
            "EncodeStats", "ModelFileError"]

@@ -327,6 +327,11 @@ def _render_image(pic: Any, out: str, fmt: str | None) -> bytes:
     return buf.getvalue()
 
 
+_common_work = click.option("--max-work", type=click.IntRange(min=0), default=None,
+                            help="Refuse files whose decoding takes more tile-steps (tiles x steps) than "
+                                 "this (default 2^24, e.g. 4096x4096 at T=1000; 0 = no limit).")
+
+
 @main.command(epilog=EXIT_CODES)
 @click.argument("input")
 @click.option("-o", "--output", default=None,
@@ -338,15 +343,17 @@ def _render_image(pic: Any, out: str, fmt: str | None) -> bytes:
 @_common_force
 @_common_quiet
 @_common_pixels
+@_common_work
 @guarded
 def decode(input: str, output: str | None, fmt: str | None, model_path: str | None, device: str | None,
-           force: bool, quiet: bool, max_pixels: int | None) -> None:
+           force: bool, quiet: bool, max_pixels: int | None, max_work: int | None) -> None:
     """Decompress an .mlc file (or '-' for stdin) back to the exact original image(s)."""
-    from .api import decompress_pictures, read_header
+    from .api import check_work, decompress_pictures, read_header
     from .coding.container import tiles_in
 
     data = read_input(input)
     h = read_header(data, max_pixels)
+    check_work(h, max_work)
     n = len(h.images)
     if n == 1:
         out = output or ("-" if input == "-" else str(Path(input).with_suffix(".png")))
@@ -370,7 +377,7 @@ def decode(input: str, output: str | None, fmt: str | None, model_path: str | No
         check_target(t, [input], force)
     with progress_bar(sum(tiles_in(r, h.tile) for r in h.images), quiet, "decode") as bar:
         pics = decompress_pictures(data, device=device, model=model_path, max_pixels=max_pixels,
-                                   progress=bar)
+                                   max_work=max_work, progress=bar)
     blobs = [_render_image(pic, t, fmt) for pic, t in zip(pics, targets)]  # fail before writing
     if n > 1 or (output is not None and output != "-" and output.endswith("/")):
         Path(output).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
@@ -388,7 +395,8 @@ def decode(input: str, output: str | None, fmt: str | None, model_path: str | No
 def info(file: str, as_json: bool, max_pixels: int | None) -> None:
     """Describe an .mlc file without decoding it."""
     from .api import read_header
-    from .coding.container import METHOD_EMBED, VERSION, tiles_in
+    from .coding.codecs import CONSTRICTION_VERSION, constriction_version
+    from .coding.container import DEFAULT_MAX_WORK, METHOD_EMBED, VERSION, tiles_in
 
     data = read_input(file)
     h = read_header(data, max_pixels)
@@ -402,6 +410,8 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
         "batches": len(h.plan), "seed_words": h.seed_words,
         # decoding cost: one network evaluation per model-coded tile and step
         "network_evaluations": sum(tiles_in(r, h.tile) for r in h.images) * h.steps,
+        # what this decoder would run with (files decode only with the pinned constriction)
+        "constriction": constriction_version(), "constriction_required": CONSTRICTION_VERSION,
         "image_list": [{"name": r.name, "mode": r.mode, "width": r.width, "height": r.height,
                         "method": "embedded" if r.method == METHOD_EMBED else "bits-back",
                         "tiles": tiles_in(r, h.tile)} for r in h.images],
@@ -411,8 +421,12 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
         return
     click.echo(f"{file}: mulancodec v{VERSION} file, {len(data):,} bytes, "
                f"{d['bits_per_subpixel']} bits per subpixel")
+    over = " (over the default work limit: decode with --max-work)" if (
+        d["network_evaluations"] > DEFAULT_MAX_WORK) else ""
     click.echo(f"  model {h.model_id}, {h.backend} {d['precision']}, T={h.steps}, tile {h.tile}, "
-               f"{len(h.plan)} batches, {d['network_evaluations']:,} tile evaluations to decode")
+               f"{len(h.plan)} batches, {d['network_evaluations']:,} tile evaluations to decode{over}")
+    pin = "" if d["constriction"] == CONSTRICTION_VERSION else f" (files need {CONSTRICTION_VERSION})"
+    click.echo(f"  decoder here: constriction {d['constriction']}{pin}")
     for r in d["image_list"][:20]:
         name = f" {r['name']}" if r["name"] else ""
         click.echo(f"  {r['mode']:4} {r['width']}x{r['height']} {r['method']}{name}")

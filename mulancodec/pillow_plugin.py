@@ -3,6 +3,10 @@
 Reading decodes the whole file on first access to the pixels (a stream file
 exposes its images as frames: `im.n_frames`, `im.seek(i)`). Saving accepts the
 keyword arguments of `mulancodec.compress` (steps, device, model, fallback).
+
+Image.open takes no options, so the decoding limits are module settings: MAX_WORK
+(tile-steps a file may ask for, default container.DEFAULT_MAX_WORK, 0 = no limit),
+checked when the pixels are first loaded, before any decoding work.
 """
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from typing import IO, Any
 
 from PIL import Image, ImageFile
 
-from .coding.container import MAGIC, FormatError
+from .coding.container import DEFAULT_MAX_WORK, MAGIC, FormatError
 
 FORMAT = "MLC"
+MAX_WORK: int = DEFAULT_MAX_WORK  # decoding work limit in tile-steps (0 = no limit)
 
 
 def _accept(prefix: bytes) -> bool:
@@ -59,7 +64,7 @@ class MlcImageFile(ImageFile.ImageFile):
         if self._mlc_pictures is None:
             from .api import decompress_pictures
 
-            self._mlc_pictures = decompress_pictures(self._mlc_data)
+            self._mlc_pictures = decompress_pictures(self._mlc_data, max_work=MAX_WORK)
         if getattr(self, "_im", None) is None:
             decoded = self._mlc_pictures[self._mlc_frame].to_pil()
             self.im = decoded.im

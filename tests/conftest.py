@@ -17,9 +17,7 @@ SHARED = ROOT.parent / "shared" / "datasets"
 CIFAR_TEST = SHARED / "cifar10" / "test.npz"
 CIFAR_TRAIN0 = SHARED / "cifar10" / "train_0.npz"
 # The shipped CIFAR-10 model (the golden files and the rate test are made with it).
-CIFAR10_MODEL = next((p for p in (ROOT / "models" / "cifar10" / "model.safetensors",
-                                  ROOT / "models" / "mulan-default.safetensors") if p.exists()),
-                     ROOT / "models" / "cifar10" / "model.safetensors")
+CIFAR10_MODEL = ROOT / "models" / "cifar10" / "model.safetensors"
 
 
 def make_tiny_model(seed: int = 0, config: str = "tiny", noise: float = 0.02):

@@ -223,7 +223,7 @@ def declared_work(data: bytes, max_pixels: int) -> int:
         h = fmt.read(data, max_pixels)[0]
     except fmt.FormatError:
         return 0
-    return h.steps * sum(fmt.tiles_in(r, h.tile) for r in h.images)
+    return fmt.declared_work(h)
 
 
 def check_decode(data: bytes, corpus: Sequence[Sample], model, *, max_pixels: int = 4096,

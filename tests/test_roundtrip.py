@@ -135,3 +135,25 @@ def test_unsupported_inputs(tiny_model_path):
         mc.compress(np.zeros((100, 100, 3), np.uint8), model=tiny_model_path, max_pixels=5000)
     with pytest.raises(mc.ModelFileError):
         mc.compress(np.zeros((4, 4, 3), np.uint8), model="/nonexistent/model.safetensors")
+
+
+@pytest.mark.parametrize("kappa", [0.9, 0.3, 1 / 3])
+def test_chain_parameters_round_trip_through_the_header(tiny_model_path, rng, kappa):
+    """The header stores kappa, window and latent grid as float32; the encoder must code with
+    exactly the values the decoder will read back (kappa = 0.9 used to fail every decode)."""
+    from mulancodec.coding.bitsback import ChainSpec
+
+    a = smooth_image(rng, 8, 8, 3)
+    spec = ChainSpec(steps=2, kappa=kappa, window=11.7, latent_delta=0.003)
+    data, _ = compress_with_stats(a, model=tiny_model_path, fallback=False, _spec=spec)
+    h = mc.read_header(data)
+    assert h.kappa == np.float32(kappa) and h.window == np.float32(11.7)
+    assert np.array_equal(mc.decompress(data, model=tiny_model_path), a)
+
+
+def test_chain_parameters_a_reader_would_refuse_are_not_encoded(tiny_model_path, rng):
+    from mulancodec.coding.bitsback import ChainSpec
+
+    with pytest.raises(mc.EncodeError, match="kappa"):
+        compress_with_stats(smooth_image(rng, 4, 4, 3), model=tiny_model_path, fallback=False,
+                            _spec=ChainSpec(steps=2, kappa=100.0))

@@ -80,7 +80,35 @@ def test_train_and_eval_cli(train_npz, tmp_path):
     for k in ("bpd", "bpd_T", "diffusion", "recon", "prior", "latent", "n_images", "bpd_ci95"):
         assert k in res
     assert res["n_images"] == 40 * 4  # 32x32 images cut into the tiny model's 16x16 tiles
-    assert res["bpd_ci95"][0] < res["bpd"] < res["bpd_ci95"][1]
+    want = _eval_by_hand(train_npz, tmp_path / "r", limit=40, steps=10, seed=0)
+    for k in ("bpd", "bpd_T", "diffusion", "recon", "prior", "latent"):
+        assert res[k] == pytest.approx(want[k], rel=1e-5), k
+    assert res["bpd_ci95"] == pytest.approx(want["bpd_ci95"], rel=1e-5)
+    assert res["bpd_ci95"][1] - res["bpd_ci95"][0] > 0.01  # a real spread over 160 tiles
+
+
+def _eval_by_hand(data: Path, run: Path, limit: int, steps: int, seed: int) -> dict:
+    """What `eval` must report, from model.terms directly (one batch: continuous-time draws,
+    then the T-step draws, from one generator), with a 95% interval of 1.96 standard errors."""
+    import math
+
+    import torch
+
+    from mulancodec.weights import load_model
+
+    lm = load_model(run, "cpu")
+    S, imgs = lm.config.tile, np.load(data)["x"][:limit]
+    tiles = [im[i:i + S, j:j + S] for im in imgs for i in range(0, im.shape[0] - S + 1, S)
+             for j in range(0, im.shape[1] - S + 1, S)]  # raster order, full tiles only
+    x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        tc, td = lm.model.eval().terms(x, 0, gen), lm.model.terms(x, steps, gen)
+    parts = {k: getattr(tc, k).double().numpy() for k in ("diffusion", "recon", "prior", "latent")}
+    total = sum(parts.values())
+    half = 1.96 * float(np.std(total, ddof=1)) / math.sqrt(len(total))
+    return {"bpd": float(total.mean()), "bpd_ci95": [float(total.mean()) - half, float(total.mean()) + half],
+            "bpd_T": float(td.total.double().mean()), **{k: float(v.mean()) for k, v in parts.items()}}
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),

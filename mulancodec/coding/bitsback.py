@@ -21,9 +21,7 @@ each tile's context window (`model.context`), which the stream fills in.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -44,31 +42,6 @@ class ChainSpec:
     kappa: float = 1.0  # grid step as a fraction of the smaller of the two stds (measured best)
     window: float = 12.0  # coding window radius in stds (beyond it: escape codes)
     latent_delta: float = 1.0 / 256  # grid of the latent c (prior std 1)
-
-
-@contextlib.contextmanager
-def deterministic(device: torch.device, threads: int) -> Iterator[None]:
-    """Pin what changes the network's float results: threads, kernels, TF32."""
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    old_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    old_bench = torch.backends.cudnn.benchmark
-    try:
-        if device.type == "cpu":
-            torch.set_num_threads(threads)
-        else:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cudnn.benchmark = False
-        with torch.no_grad():
-            yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old_tf32
-        torch.backends.cudnn.benchmark = old_bench
 
 
 class TileBatch:

@@ -16,10 +16,15 @@ integer stays codable whatever the model says.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any, Callable, Protocol, Sequence
 
 import constriction
 import numpy as np
+
+# constriction's quantisation of each Gaussian is part of what a file's bits mean, so the
+# version is pinned exactly (setup.cfg) and reported (`mulancodec info`, decode errors).
+CONSTRICTION_VERSION = "0.5.0"
 
 _model = constriction.stream.model
 _Ans = constriction.stream.stack.AnsCoder
@@ -31,6 +36,14 @@ MAX_ESCAPE = 1 << (2 * CHUNK_BITS)  # escape offsets are coded as two 16-bit chu
 MIN_HEAD_BITS = 64  # a pop must leave at least this much on the stack
 MAX_RADIUS = 1 << 22  # constriction's 24-bit models cannot give a wider window nonzero mass
 MAX_CENTRE = 2.0 ** 52  # means (in bins) beyond this cannot be rounded to an int64 bin exactly
+
+
+def constriction_version() -> str:
+    """The installed constriction's version (files decode only with CONSTRICTION_VERSION)."""
+    try:
+        return metadata.version("constriction")
+    except metadata.PackageNotFoundError:
+        return str(getattr(constriction, "__version__", "unknown"))
 
 
 class CodingError(Exception):

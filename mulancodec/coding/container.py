@@ -6,9 +6,12 @@ produce a `FormatError`, never a huge allocation.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence, overload
 
 import numpy as np
 
@@ -27,6 +30,12 @@ MAX_TILES = 1 << 26
 MAX_THREADS = 256  # the decoder starts this many CPU threads if a file asks for them
 MAX_BATCH_PIXELS = 1 << 18  # tiles x tile^2 in one batch (one tile always fits): bounds decoder memory
 SEED_TRIES = 6  # the encoder tries seed_sizes() in order until the first batch fits
+# Decoding work a reader starts by default, in tile-steps (model-coded tiles x steps): one
+# network evaluation each. 2^24 covers a 4096x4096 photo in 32x32 tiles at T=1000
+# (16,384 tiles x 1000 steps); decoders take a lower or higher limit (0 = none).
+DEFAULT_MAX_WORK = 1 << 24
+# The ranges a reader accepts for the float32 chain parameters (kappa, window, latent grid).
+FLOAT_RANGES = {"kappa": (1e-3, 64.0), "window": (1.0, 1e3), "latent_delta": (1e-6, 1.0)}
 
 
 class FormatError(Exception):
@@ -47,6 +56,76 @@ class ImageRecord:
     name: str = ""  # optional (streams made from files keep their names)
 
 
+class Plan(Sequence[int]):
+    """The batch sizes in coding order, kept as the (size, repeat) runs the file stores.
+
+    A plan of a few bytes can name 2^26 batches; it is never expanded into a list:
+    length, indexing and iteration (both ways) work on the runs.
+    """
+
+    __slots__ = ("runs", "_starts")
+
+    def __init__(self, runs: Iterable[tuple[int, int]] = ()) -> None:
+        self.runs: tuple[tuple[int, int], ...] = tuple((int(b), int(k)) for b, k in runs if k)
+        self._starts = list(itertools.accumulate((k for _, k in self.runs), initial=0))
+
+    @classmethod
+    def of(cls, sizes: Iterable[int]) -> "Plan":
+        """The plan of these batch sizes (a Plan is returned as it is)."""
+        if isinstance(sizes, Plan):
+            return sizes
+        return cls((b, sum(1 for _ in g)) for b, g in itertools.groupby(sizes))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[int]: ...
+    def __getitem__(self, i: int | slice) -> int | list[int]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError("plan index out of range")
+        i %= len(self)
+        return self.runs[bisect.bisect_right(self._starts, i) - 1][0]
+
+    def __iter__(self) -> Iterator[int]:
+        for b, k in self.runs:
+            yield from itertools.repeat(b, k)
+
+    def __reversed__(self) -> Iterator[int]:
+        for b, k in reversed(self.runs):
+            yield from itertools.repeat(b, k)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Plan):
+            return self._merged() == other._merged()
+        if isinstance(other, (list, tuple)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def _merged(self) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        for b, k in self.runs:
+            if out and out[-1][0] == b:
+                out[-1] = (b, out[-1][1] + k)
+            else:
+                out.append((b, k))
+        return out
+
+    def __add__(self, other: Iterable[int]) -> list[int]:
+        return list(self) + list(other)
+
+    def __repr__(self) -> str:
+        return f"Plan({list(self.runs)!r})"
+
+    def tiles(self) -> int:
+        """Tiles the batches hold together."""
+        return sum(b * k for b, k in self.runs)
+
+
 @dataclass
 class Header:
     model_id: str  # 16 hex digits
@@ -60,7 +139,7 @@ class Header:
     latent_delta: float
     tile: int
     images: list[ImageRecord] = field(default_factory=list)
-    plan: list[int] = field(default_factory=list)
+    plan: Sequence[int] = field(default_factory=Plan)  # a Plan when read from a file
     direct: int = 0  # leading tiles coded directly (PNG/WebP on the stack)
     seed_words: int = 0
     stripped: int = 0
@@ -131,6 +210,20 @@ class _Reader:
 
 # -- writer -----------------------------------------------------------------------------
 
+def stored_float(v: float) -> float:
+    """`v` as a reader gets it back from the header (float32): the encoder must code with
+    exactly this value, or the decoder rebuilds slightly different distributions."""
+    return struct.unpack("<f", struct.pack("<f", v))[0]
+
+
+def check_floats(**values: float) -> None:
+    """Raise ValueError for a chain parameter a reader would refuse (see FLOAT_RANGES)."""
+    for name, v in values.items():
+        lo, hi = FLOAT_RANGES[name]
+        if not lo <= stored_float(v) <= hi:
+            raise ValueError(f"{name} = {v} is out of range ({lo}..{hi})")
+
+
 def _image_bytes(r: ImageRecord) -> bytes:
     out = bytearray([MODES.index(r.mode), r.method])
     out += _varint(r.width) + _varint(r.height)
@@ -154,13 +247,8 @@ def _image_bytes(r: ImageRecord) -> bytes:
     return bytes(out)
 
 
-def _plan_bytes(plan: list[int]) -> bytes:
-    runs: list[tuple[int, int]] = []
-    for b in plan:
-        if runs and runs[-1][0] == b:
-            runs[-1] = (b, runs[-1][1] + 1)
-        else:
-            runs.append((b, 1))
+def _plan_bytes(plan: Sequence[int]) -> bytes:
+    runs = Plan.of(plan).runs
     out = bytearray(_varint(len(runs)))
     for b, n in runs:
         out += _varint(b) + _varint(n)
@@ -245,6 +333,11 @@ def tiles_in(rec: ImageRecord, tile: int) -> int:
     return -(-rec.height // tile) * -(-rec.width // tile)
 
 
+def declared_work(h: Header) -> int:
+    """Tile-steps (network evaluations) decoding the file takes: model-coded tiles x steps."""
+    return h.steps * sum(tiles_in(rec, h.tile) for rec in h.images)
+
+
 def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray]:
     """Parse and validate a whole file; returns the header and the ANS words."""
     if len(data) < 4 or data[:4] != MAGIC:
@@ -278,6 +371,28 @@ def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray
     return h, np.frombuffer(body, dtype="<u4").astype(np.uint32)
 
 
+def _read_plan(r: _Reader, tile: int) -> Plan:
+    """The batch plan's runs, each checked, without expanding them."""
+    n_runs = r.varint(MAX_BATCHES, "plan length")
+    if n_runs > r.left() // 2:
+        raise FormatError("truncated batch plan")
+    plan_total = 0
+    runs = []
+    for _ in range(n_runs):
+        b = r.varint(MAX_BATCHES, "batch size")
+        k = r.varint(MAX_BATCHES, "batch repeat")
+        if b < 1 or k < 1:
+            raise FormatError("empty batch in plan")
+        if b > max_batch(tile):
+            raise FormatError(f"batch of {b} tiles in the plan (at most {max_batch(tile)} of "
+                              f"{tile}x{tile} pixels)")
+        plan_total += b * k
+        if plan_total > MAX_TILES:
+            raise FormatError("batch plan too long")
+        runs.append((b, k))
+    return Plan(runs)
+
+
 def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
     model_id = r.take(8).hex()
     backend_i = r.u8()
@@ -293,9 +408,9 @@ def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
     steps = r.varint(MAX_STEPS, "steps")
     if steps < 1:
         raise FormatError("steps must be at least 1")
-    kappa = r.f32(1e-3, 64.0, "kappa")
-    window = r.f32(1.0, 1e3, "window")
-    latent_delta = r.f32(1e-6, 1.0, "latent grid")
+    kappa = r.f32(*FLOAT_RANGES["kappa"], "kappa")
+    window = r.f32(*FLOAT_RANGES["window"], "window")
+    latent_delta = r.f32(*FLOAT_RANGES["latent_delta"], "latent grid")
     tile = r.varint(MAX_TILE, "tile size")
     if tile < 1:
         raise FormatError("tile size must be positive")
@@ -322,30 +437,14 @@ def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
             raise FormatError("image names do not match the image count")
         for rec, name in zip(h.images, parts):
             rec.name = name
-    n_runs = r.varint(MAX_BATCHES, "plan length")
-    if n_runs > r.left() // 2:
-        raise FormatError("truncated batch plan")
-    plan_total = 0
-    runs = []
-    for _ in range(n_runs):
-        b = r.varint(MAX_BATCHES, "batch size")
-        k = r.varint(MAX_BATCHES, "batch repeat")
-        if b < 1 or k < 1:
-            raise FormatError("empty batch in plan")
-        if b > max_batch(tile):
-            raise FormatError(f"batch of {b} tiles in the plan (at most {max_batch(tile)} of "
-                              f"{tile}x{tile} pixels)")
-        plan_total += b * k
-        if plan_total > MAX_TILES:
-            raise FormatError("batch plan too long")
-        runs.append((b, k))
+    h.plan = _read_plan(r, tile)  # run-length: a plan of a few bytes can name 2^26 batches
+    plan_total = h.plan.tiles()
     h.direct = r.varint(MAX_TILES, "directly coded tiles")
     needed = sum(tiles_in(rec, tile) for rec in h.images)
     if needed and not plan_total:
         raise FormatError("the batch plan is empty")
     if plan_total + h.direct != needed:
         raise FormatError(f"batch plan covers {plan_total + h.direct} tiles, the images have {needed}")
-    h.plan = [b for b, k in runs for _ in range(k)]
     h.seed_words = r.varint(max_seed_words(tile), "seed length")
     h.stripped = r.varint(h.seed_words + 1, "stripped seed words")
     if needed and h.seed_words < 1:

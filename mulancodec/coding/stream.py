@@ -84,7 +84,7 @@ class TileContext:
 @dataclass
 class Encoded:
     payload: np.ndarray  # uint32 words, bottom of the stack first
-    plan: list[int]  # batch sizes in coding order (after the directly coded tiles)
+    plan: Sequence[int]  # batch sizes in coding order (after the directly coded tiles; lazy when read)
     seed_words: int  # length of the seed the encoder started from
     stripped: int  # bottom words of the final stack equal to the seed (not stored)
     first_batch_bits: int  # seed bits consumed by the first batch (the start-up cost)
@@ -215,9 +215,9 @@ def decode_tiles(model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], size: i
     """Inverse of encode_tiles: the (3,S,S) uint8 pixels of every tile, in order."""
     stack = _decoder_stack(enc, jobs, size)
     out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(jobs)
-    ends = enc.direct + np.cumsum(enc.plan)
-    for b, end in zip(reversed(enc.plan), reversed(ends.tolist())):
-        start = end - b
+    start = len(jobs)  # walks the plan backwards without expanding it (it can be run-length)
+    for b in reversed(enc.plan):
+        start, end = start - b, start
         tb = _batch(model, spec, jobs, size, device, start, end, context)
         try:
             x = decode_batch(stack, tb).cpu().numpy()

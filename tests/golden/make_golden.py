@@ -1,0 +1,79 @@
+"""Regenerate the golden .mlc files in this folder (tests/test_golden.py decodes them).
+
+Run this ONLY ON PURPOSE, when the container format VERSION changes: the golden
+files pin the bytes earlier releases wrote, so a change in how files decode is
+caught by the tests instead of being silently re-recorded. From the repository root:
+
+    python tests/golden/make_golden.py
+
+It writes, with the shipped CIFAR-10 model on the CPU, one thread, T = STEPS:
+rgb.mlc (bits-back, no PNG fallback), stream.mlc (compress_many of three
+images), grey.mlc (L), rgba.mlc (RGBA), palette.mlc (P), and expected.npz with
+the pixels each file must decode to. The images are synthetic (made here).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parents[1])]  # tests/ (conftest) and the repository
+
+STEPS = 3
+
+
+def _gradient(h: int, w: int, c: int, seed: int) -> np.ndarray:
+    """A smooth gradient plus a little seeded noise (a natural-ish tiny image)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    planes = [(40 + 150 * x / max(1, w - 1) + 30 * k + 20 * y / max(1, h - 1)) for k in range(c)]
+    img = np.stack(planes, -1) + rng.normal(0, 4, (h, w, c))
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def images() -> dict[str, list]:
+    """Every golden file's images (numpy arrays or PIL images), by file name."""
+    rgba = _gradient(6, 7, 4, 3)
+    rgba[..., 3] = np.where((np.arange(42).reshape(6, 7) % 5) == 0, 0, 255)
+    pal = Image.fromarray(_gradient(8, 8, 3, 4)).convert("P", palette=Image.ADAPTIVE, colors=8)
+    return {
+        "rgb": [_gradient(8, 8, 3, 0)],
+        "stream": [_gradient(8, 8, 3, 1), _gradient(5, 6, 3, 2), _gradient(4, 7, 1, 5)[..., 0]],
+        "grey": [_gradient(7, 5, 1, 6)[..., 0]],
+        "rgba": [rgba],
+        "palette": [pal],
+    }
+
+
+def main() -> None:
+    import torch
+
+    import mulancodec as mc
+    from mulancodec import image as img
+    from conftest import CIFAR10_MODEL
+
+    torch.set_num_threads(1)  # recorded in the header: decoding then pins one thread (fast)
+    lm = mc.api.get_model(CIFAR10_MODEL, torch.device("cpu"))
+    expected: dict[str, np.ndarray] = {}
+    for name, ims in images().items():
+        if name == "stream":
+            data = mc.compress_many(ims, model=lm, steps=STEPS, device="cpu",
+                                    names=[f"s{i}.png" for i in range(len(ims))])
+        else:
+            data = mc.compress(ims[0], model=lm, steps=STEPS, device="cpu", fallback=False)
+        (HERE / f"{name}.mlc").write_bytes(data)
+        for i, x in enumerate(ims):
+            pic = img.load(x)
+            expected[f"{name}/{i}"] = pic.array()
+            expected[f"{name}/{i}/mode"] = np.array(pic.mode)
+            if pic.mode == "P":
+                expected[f"{name}/{i}/palette"] = np.frombuffer(pic.palette, np.uint8)
+        print(f"{name}.mlc: {len(data)} bytes")
+    np.savez_compressed(HERE / "expected.npz", **expected)
+
+
+if __name__ == "__main__":
+    main()

@@ -424,5 +424,7 @@ def train(args: TrainArgs) -> int:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         if world > 1:
+            if not failed:  # tear gloo down together: a rank leaving early aborts the other
+                dist.barrier()
             dist.destroy_process_group()
     return 130 if reason == "interrupted" else 0

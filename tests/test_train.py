@@ -123,3 +123,43 @@ def test_ddp_under_torchrun(train_npz, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     recs = _log(tmp_path / "ddp")
     assert recs[-1]["kind"] == "stop" and recs[-1]["step"] == 4
+
+
+def test_context_model_trains_on_random_crops_of_mixed_sizes(tmp_path):
+    """A folder of photos of different sizes: random windows (tile + margin) with masks."""
+    from PIL import Image
+
+    from mulancodec.weights import load_model
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k, (h, w) in enumerate([(40, 90), (64, 33), (100, 100)]):
+        Image.fromarray(smooth_image(rng, h, w, 3)).save(folder / f"{k}.png")
+    code = train(TrainArgs([str(folder)], tmp_path / "run", "tiny-context", max_steps=6, progress=False))
+    assert code == 0
+    recs = _log(tmp_path / "run")
+    assert recs[0]["images"] == 3 and all(np.isfinite(r["bpd"]) for r in recs if r["kind"] == "train")
+    assert load_model(tmp_path / "run").config.context == 8
+
+
+def test_warm_start_copies_shared_weights_and_zeroes_context(tmp_path):
+    """--init from a model without context: every shared tensor is copied and the context
+    inputs of the first convolution start at zero; a model that does not fit is refused."""
+    import torch
+
+    from mulancodec.model import CONFIGS, MuLAN
+    from mulancodec.train import warm_start
+    from mulancodec.weights import save_model
+
+    from conftest import make_tiny_model
+
+    old = make_tiny_model(seed=2)
+    save_model(old, tmp_path / "old.safetensors")
+    new = MuLAN(CONFIGS["tiny-context"].model).eval()
+    warm_start(new, str(tmp_path / "old.safetensors"))
+    w = new.denoiser.conv_in.weight
+    assert torch.equal(w[:, :old.denoiser.conv_in.weight.shape[1]], old.denoiser.conv_in.weight)
+    assert not w[:, old.denoiser.conv_in.weight.shape[1]:].any()
+    with pytest.raises(ValueError, match="does not fit"):
+        warm_start(MuLAN(CONFIGS["tiny-nolatent"].model), str(tmp_path / "old.safetensors"))

@@ -124,3 +124,17 @@ def test_context_changes_the_stream(ctx_model_path, rng):
             mc.decompress_many(data, model=ctx_model_path)
     finally:
         stream.TileContext.inputs = orig
+
+
+def test_context_batches_end_with_their_row(ctx_model_path, rng):
+    """Each batch of a context model stays within one row of tiles, so every tile of it
+    sees the whole row below (the model without context batches freely)."""
+    a = smooth_image(rng, 16 * 5, 16 * 4, 3)  # 5 rows of 4 tiles
+    data = mc.compress(a, model=ctx_model_path, steps=2, fallback=False)
+    h = mc.read_header(data)
+    pos = h.direct
+    for b in h.plan:
+        assert pos // 4 == (pos + b - 1) // 4, (h.direct, list(h.plan))
+        pos += b
+    assert max(h.plan) == 4  # whole rows once the stack holds enough bits
+    assert np.array_equal(mc.decompress(data, model=ctx_model_path), a)

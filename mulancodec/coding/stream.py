@@ -45,6 +45,11 @@ class Context(Protocol):
         """Tile k (3, S, S) has been decoded."""
         ...
 
+    def row(self, k: int) -> tuple[int, int]:
+        """(picture, tile row) of tile k: a batch ends with its first tile's row, so that
+        every tile of it sees the whole row below (decoded before it)."""
+        ...
+
 
 
 class TileContext:
@@ -79,6 +84,10 @@ class TileContext:
     def place(self, k: int, pixels: np.ndarray) -> None:
         t = self.tiles.where(k)
         place_tile(self._canvas(t.picture), t, pixels)
+
+    def row(self, k: int) -> tuple[int, int]:
+        t = self.tiles.where(k)
+        return t.picture, t.top
 
 
 @dataclass
@@ -134,13 +143,19 @@ def _push_direct(stack: Stack, jobs: Sequence[TileJob], coded_per_tile: list[int
 
 
 def _batch_size(pos: int, avail: int, need_per_dim: float, coded_per_tile: list[int],
-                max_batch: int) -> int:
-    """As many tiles as the bits on the stack can feed the first pops of (at least one)."""
+                max_batch: int, context: Context | None) -> int:
+    """As many tiles as the bits on the stack can feed the first pops of (at least one);
+    with context, not past the end of the first tile's row."""
     b, want = 0, 0.0
+    first = context.row(pos) if context is not None else None
     while pos + b < len(coded_per_tile) and b < max_batch:
         want += 1.25 * need_per_dim * coded_per_tile[pos + b]
         if b and want > avail:
             break
+        if b and context is not None:
+            pic, row = context.row(pos + b)
+            if pic == first[0] and row != first[1]:  # type: ignore[index]
+                break
         b += 1
     return b
 
@@ -156,7 +171,7 @@ def _encode_with_seed(model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], si
     need_per_dim = 8.0  # bits a batch's first pops take per coded subpixel; measured as we go
     first_cost = 0
     while pos < len(jobs):
-        b = _batch_size(pos, stack.bits() - base, need_per_dim, coded_per_tile, max_batch)
+        b = _batch_size(pos, stack.bits() - base, need_per_dim, coded_per_tile, max_batch, context)
         tb = _batch(model, spec, jobs, size, device, pos, pos + b, context)
         pixels = torch.from_numpy(np.stack([j.pixels for j in jobs[pos:pos + b]])).to(device)
         start = stack.bits()

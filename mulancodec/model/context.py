@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# The nominal plan for evaluation: batches of this many tiles in raster order
-# (what the CPU encoder reaches after its first few batches).
+# The nominal plan for evaluation: batches of one row of tiles, at most this many
+# (what the CPU encoder reaches after its first few batches: a context model's batch
+# ends with its row, so that each tile sees the whole row below).
 NOMINAL_BATCH = 16
 
 
@@ -48,26 +49,30 @@ def window_pixels(image: np.ndarray, i: int, j: int, size: int, margin: int) -> 
 
 def nominal_known(rows: int, cols: int, i: int, j: int, size: int, margin: int, height: int,
                   width: int, batch: int = NOMINAL_BATCH) -> np.ndarray:
-    """known_window under the nominal plan: batches of `batch` tiles in raster order."""
-    k = i * cols + j
+    """known_window under the nominal plan: each row of tiles in batches of at most `batch`."""
+    b = min(batch, cols)
+    end = i * cols + min(cols, (j // b + 1) * b)
     order = np.arange(rows * cols).reshape(rows, cols)
-    return known_window(order, i, j, (k // batch + 1) * batch, size, margin, height, width)
+    return known_window(order, i, j, end, size, margin, height, width)
 
 
 def random_known(rng: np.random.Generator, size: int, margin: int) -> np.ndarray:
     """A context mask drawn from the kinds of plan the codec makes (for training).
 
     A random image of 1..16 x 1..24 tiles (its last row and column possibly partial),
-    a random batch size, a few directly coded leading tiles, a random tile of it.
+    a random batch size (batches end with their row), a few directly coded leading
+    tiles, a random tile of it.
     """
     S = size
     rows, cols = int(rng.integers(1, 17)), int(rng.integers(1, 25))
     height = rows * S - (int(rng.integers(0, S // 2)) if rows > 1 else 0)
     width = cols * S - (int(rng.integers(0, S // 2)) if cols > 1 else 0)
-    batch = int(rng.choice([1, 2, 4, 8, 16, 16, 16, 16]))
+    batch = min(cols, int(rng.choice([1, 2, 4, 8, 16, 16, 16, 16])))
     direct = min(int(rng.integers(0, 4)), rows * cols - 1)
     i, j = int(rng.integers(0, rows)), int(rng.integers(0, cols))
     k = max(i * cols + j, direct)
-    end = direct + ((k - direct) // batch + 1) * batch
+    # batches grow in a row from the directly coded tiles and end with the row
+    start = max(i * cols, direct)
+    end = min((i + 1) * cols, start + ((k - start) // batch + 1) * batch)
     order = np.arange(rows * cols).reshape(rows, cols)
     return known_window(order, i, j, end, S, margin, height, width)

@@ -303,6 +303,10 @@ def check_work(h: fmt.Header, max_work: int | None = None) -> None:
     limit = fmt.DEFAULT_MAX_WORK if max_work is None else max_work
     if limit < 0:
         raise ValueError("max_work must be 0 (no limit) or positive")
+    if max_work is None and h.steps > fmt.DEFAULT_MAX_STEPS:  # even one tile at such T takes long
+        raise DecodeError(f"this file asks for T = {h.steps:,} steps, over the default limit of "
+                          f"{fmt.DEFAULT_MAX_STEPS:,}; pass max_work= / --max-work (0 = no limit) "
+                          "if you trust the file")
     work = fmt.declared_work(h)
     if limit and work > limit:
         tiles = sum(fmt.tiles_in(r, h.tile) for r in h.images)

@@ -127,9 +127,26 @@ def test_hostile_work_is_refused_by_default_quickly_and_cheaply(rgb, lm, case, f
     assert seconds < 1 and peak < 50 << 20, f"{seconds:.1f} s, {peak / 2**20:.0f} MB"
 
 
+def test_t_rewritten_to_100000_is_refused_by_default(rgb, lm, tmp_path):
+    """A small file with T rewritten to 100,000 decoded for about a minute before it failed;
+    the default limit refuses T above DEFAULT_MAX_STEPS at once, in the API and the CLI."""
+    data = mm.rewrite(rgb.data, steps=fmt.MAX_STEPS)
+    for fn in ("decompress_pictures", "decompress"):
+        msg, seconds, peak = refused(lambda: getattr(mc, fn)(data, model=lm))
+        assert msg is not None and "T = 100,000 steps" in msg and "--max-work" in msg, msg
+        assert seconds < 1 and peak < 50 << 20, f"{seconds:.1f} s, {peak / 2**20:.0f} MB"
+    from click.testing import CliRunner
+
+    from mulancodec.cli import main
+
+    (tmp_path / "t.mlc").write_bytes(data)
+    r = CliRunner().invoke(main, ["decode", str(tmp_path / "t.mlc"), "-o", str(tmp_path / "t.png"),
+                                  "--model", str(lm.path)])
+    assert r.exit_code == 3 and "T = 100,000" in r.output and not (tmp_path / "t.png").exists()
+
+
 def test_t_rewritten_to_100000_is_refused_under_a_lower_limit(rgb, lm):
-    """A 2-tile-step file with T rewritten to 100,000 decodes for about a minute before it fails
-    (under the default limit, as a big image would); a caller who lowers the limit stops it."""
+    """With an explicit limit the work (tiles x steps) decides, not T alone."""
     data = mm.rewrite(rgb.data, steps=fmt.MAX_STEPS)
     msg, seconds, peak = refused(lambda: mc.decompress_pictures(data, model=lm, max_work=10_000))
     assert msg is not None and re.search(LIMIT_WORDS, msg) and "100,000 tile-steps" in msg, msg

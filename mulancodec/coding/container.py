@@ -34,6 +34,7 @@ SEED_TRIES = 6  # the encoder tries seed_sizes() in order until the first batch 
 # network evaluation each. 2^24 covers a 4096x4096 photo in 32x32 tiles at T=1000
 # (16,384 tiles x 1000 steps); decoders take a lower or higher limit (0 = none).
 DEFAULT_MAX_WORK = 1 << 24
+DEFAULT_MAX_STEPS = 4096  # the default work limit also refuses larger T (an explicit one lifts it)
 # The ranges a reader accepts for the float32 chain parameters (kappa, window, latent grid).
 FLOAT_RANGES = {"kappa": (1e-3, 64.0), "window": (1.0, 1e3), "latent_delta": (1e-6, 1.0)}
 

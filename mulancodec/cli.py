@@ -539,9 +539,16 @@ def train(data: tuple[str, ...], out: Path, config: str | None, max_steps: int |
 @click.option("--repeats", type=int, default=1, show_default=True, help="Samples per image.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--tile", type=int, default=None,
+              help="Tile side to evaluate at (default: the model's; the nets run on any multiple "
+                   "of their downsampling factor).")
+@click.option("--no-context", is_flag=True,
+              help="Withhold every tile's context (a context model's ablation: as if each tile "
+                   "were coded alone).")
 @guarded
 def eval_cmd(data: tuple[str, ...], model_path: str | None, limit: int | None, steps: int | None,
-             device: str | None, batch_size: int, repeats: int, seed: int, as_json: bool) -> None:
+             device: str | None, batch_size: int, repeats: int, seed: int, as_json: bool,
+             tile: int | None, no_context: bool) -> None:
     """The model's -ELBO in bits per dimension (continuous and discrete time)."""
     import torch
 
@@ -551,17 +558,23 @@ def eval_cmd(data: tuple[str, ...], model_path: str | None, limit: int | None, s
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm = load_model(model_path, dev)
+    size = tile or lm.config.tile
+    if size < 1 or size % lm.config.multiple_of():
+        raise CliError(f"--tile must be a positive multiple of {lm.config.multiple_of()}", EXIT_USAGE)
     try:
-        images = image_tiles(load_images(list(data)), lm.config.tile, lm.config.context, limit)
+        images = image_tiles(load_images(list(data)), size, lm.config.context, limit)
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e), EXIT_INPUT) from None
+    if no_context and images.known is not None:
+        images.known[:] = False
     T = steps if steps is not None else int(lm.meta.get("default_steps", 100))
     from tqdm import tqdm
 
     with tqdm(total=len(images) * repeats, unit="img", disable=as_json or not sys.stderr.isatty(),
               file=sys.stderr, leave=False) as bar:
         res = evaluate(lm.model, images, T, batch_size, dev, seed, repeats, bar)
-    res.update({"model_id": lm.model_id, "model": str(lm.path), "device": str(dev)})
+    res.update({"model_id": lm.model_id, "model": str(lm.path), "device": str(dev), "tile": size,
+                "context": bool(lm.config.context and not no_context)})
     if as_json:
         click.echo(json.dumps(res))
         return

@@ -138,3 +138,24 @@ def test_context_batches_end_with_their_row(ctx_model_path, rng):
         pos += b
     assert max(h.plan) == 4  # whole rows once the stack holds enough bits
     assert np.array_equal(mc.decompress(data, model=ctx_model_path), a)
+
+
+def test_eval_context_ablation_and_tile(ctx_model_path, tmp_path, rng):
+    import json
+
+    from click.testing import CliRunner
+
+    from mulancodec.cli import main
+
+    np.savez(tmp_path / "d.npz", x=np.stack([smooth_image(rng, 96, 96, 3) for _ in range(2)]))
+    args = ["eval", "--data", str(tmp_path / "d.npz"), "--model", str(ctx_model_path), "--json",
+            "--steps", "5"]
+    runs = {}
+    for extra in ([], ["--no-context"], ["--tile", "32"]):
+        r = CliRunner().invoke(main, args + extra)
+        assert r.exit_code == 0, r.output
+        runs[" ".join(extra)] = json.loads(r.output)
+    assert runs[""]["context"] and not runs["--no-context"]["context"]
+    assert runs[""]["bpd"] != runs["--no-context"]["bpd"]  # the same draws, the context withheld
+    assert runs["--tile 32"]["tile"] == 32 and runs["--tile 32"]["n_images"] == 2 * 9
+    assert CliRunner().invoke(main, args + ["--tile", "12"]).exit_code == 2

@@ -208,9 +208,7 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
     if fallback and len(pics) == 1 and jobs:
         emb = fmt.ImageRecord(pics[0].mode, pics[0].width, pics[0].height, fmt.METHOD_EMBED,
                               embedded=_embed(pics[0]), meta=recs[0].meta)
-        alt = fmt.write(fmt.Header(lm.model_id, dev.type, False, threads, header.env_tag, T,
-                                   spec.kappa, spec.window, spec.latent_delta, tile, [emb],
-                                   checksum=header.checksum), np.zeros(0, np.uint32))
+        alt = fmt.write_compact(emb, pics[0].checksum())
         if len(alt) < len(data):
             data = alt
             stats.bytes, stats.embedded = len(alt), True
@@ -376,7 +374,8 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
             p.meta = Metadata.from_items(rec.meta)
         except MetadataError as e:
             raise DecodeError(str(e)) from None
-    if _stream_checksum(out) != h.checksum:
+    if (fmt.compact_check(h.compact, out[0].checksum()) if h.compact
+            else _stream_checksum(out)) != h.checksum:
         msg = "pixel checksum mismatch: refusing to return wrong pixels"
         # the environment hint only concerns model-coded images (and needs the backend present)
         raise DecodeError(_with_env_hint(msg, h, torch.device(h.backend)) if jobs else msg)

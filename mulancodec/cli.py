@@ -409,7 +409,7 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
     chans = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 1}
     sub = sum(r.width * r.height * chans[r.mode] for r in h.images)
     d = {
-        "file": file, "bytes": len(data), "format_version": h.version, "model_id": h.model_id,
+        "file": file, "bytes": len(data), "format_version": h.version, "compact": bool(h.compact), "model_id": h.model_id,
         "backend": h.backend, "precision": "bf16" if h.bf16 else "fp32", "threads": h.threads,
         "steps": h.steps, "tile": h.tile, "kappa": h.kappa, "images": len(h.images),
         "bits_per_subpixel": round(8 * len(data) / sub, 4),
@@ -430,8 +430,11 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
                f"{d['bits_per_subpixel']} bits per subpixel")
     over = " (over the default work limit: decode with --max-work)" if (
         d["network_evaluations"] > DEFAULT_MAX_WORK) else ""
-    click.echo(f"  model {h.model_id}, {h.backend} {d['precision']}, T={h.steps}, tile {h.tile}, "
-               f"{len(h.plan)} batches, {d['network_evaluations']:,} tile evaluations to decode{over}")
+    if h.compact:
+        click.echo("  compact file: one embedded image, no model needed to decode")
+    else:
+        click.echo(f"  model {h.model_id}, {h.backend} {d['precision']}, T={h.steps}, tile {h.tile}, "
+                   f"{len(h.plan)} batches, {d['network_evaluations']:,} tile evaluations to decode{over}")
     pin = "" if d["constriction"] == CONSTRICTION_VERSION else f" (files need {CONSTRICTION_VERSION})"
     click.echo(f"  decoder here: constriction {d['constriction']}{pin}")
     for r in d["image_list"][:20]:

@@ -318,7 +318,7 @@ def _mutants_for_cli(corpus, n: int) -> list[tuple[str, bytes]]:
         ("empty", b""),
         ("truncated", rgb[: len(rgb) // 2]),
         ("cuda", mm.rewrite(rgb, backend="cuda")),
-        ("version 2", mm.fix_crcs(rgb[:4] + b"\x02" + rgb[5:])),
+        ("next version", mm.fix_crcs(rgb[:4] + bytes([fmt.VERSION + 1]) + rgb[5:])),
         ("other payload", mm.rewrite(rgb, payload=mm.parts(corpus[1].data)[1])),
         ("bad checksum", mm.rewrite(rgb, checksum=b"\0" * 8)),
         ("huge image", mm.rewrite(rgb, images=[fmt.ImageRecord("RGB", 65535, 65535)])),

@@ -7,6 +7,7 @@ produce a `FormatError`, never a huge allocation.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import struct
 import zlib
@@ -42,6 +43,7 @@ SEED_TRIES = 6  # the encoder tries seed_sizes() in order until the first batch 
 # network evaluation each. 2^24 covers a 4096x4096 photo in 32x32 tiles at T=1000
 # (16,384 tiles x 1000 steps); decoders take a lower or higher limit (0 = none).
 DEFAULT_MAX_WORK = 1 << 24
+COMPACT_CHECK = 4  # bytes of a compact file's check (see write_compact)
 # The ranges a reader accepts for the float32 chain parameters (kappa, window, latent grid).
 FLOAT_RANGES = {"kappa": (1e-3, 64.0), "window": (1.0, 1e3), "latent_delta": (1e-6, 1.0)}
 
@@ -154,6 +156,7 @@ class Header:
     stripped: int = 0
     checksum: bytes = b"\0" * 8
     version: int = VERSION  # the file's format version (a writer always writes VERSION)
+    compact: bytes = b""  # compact files: the bytes their 4-byte check covers (see write_compact)
 
 
 # -- primitives -------------------------------------------------------------------------
@@ -294,6 +297,21 @@ def write(h: Header, payload: np.ndarray) -> bytes:
             + struct.pack("<I", zlib.crc32(body)))
 
 
+def compact_check(signed: bytes, pixel_checksum: bytes) -> bytes:
+    """A compact file's check: SHA-256 over its bytes and its image's pixel checksum."""
+    return hashlib.sha256(signed + pixel_checksum).digest()[:COMPACT_CHECK]
+
+
+def write_compact(rec: ImageRecord, pixel_checksum: bytes) -> bytes:
+    """A lone embedded image in 11 bytes plus the image and its metadata (docs/format.md,
+    "Compact files"): a small image's fallback costs about what its PNG/WebP/JPEG-XL costs."""
+    if rec.method != METHOD_EMBED:
+        raise ValueError("compact files hold an embedded image only")
+    out = bytearray(MAGIC + bytes([VERSION, 0, MODES.index(rec.mode)]))
+    out += _varint(rec.width) + _varint(rec.height) + _blob(rec.embedded) + _meta_bytes(rec.meta)
+    return bytes(out) + compact_check(bytes(out), pixel_checksum)
+
+
 # -- reader -----------------------------------------------------------------------------
 
 def _read_image(r: _Reader, max_bytes: int) -> ImageRecord:
@@ -368,6 +386,8 @@ def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray
         raise FormatError(f"format version {version} is not supported by this mulancodec "
                           f"(it reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade mulancodec")
     hlen = r.varint(1 << 40, "header length")
+    if hlen == 0 and version >= 2:
+        return _read_compact(r, bytes(data), max_pixels), np.zeros(0, np.uint32)
     if hlen > r.left():
         raise FormatError("truncated file (the header is cut off)")
     hb = r.take(hlen)
@@ -388,6 +408,29 @@ def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray
     if r.left():
         raise FormatError(f"{r.left()} bytes of trailing data after the payload")
     return h, np.frombuffer(body, dtype="<u4").astype(np.uint32)
+
+
+def _read_compact(r: _Reader, data: bytes, max_pixels: int | None) -> Header:
+    """A compact file (header length 0): one embedded image, its metadata, a 4-byte check."""
+    mode_i = r.u8()
+    if mode_i >= len(MODES):
+        raise FormatError(f"unknown image mode {mode_i}")
+    rec = ImageRecord(MODES[mode_i], r.varint(MAX_SIDE, "width"), r.varint(MAX_SIDE, "height"),
+                      METHOD_EMBED)
+    if rec.width < 1 or rec.height < 1:
+        raise FormatError("image has zero size")
+    if max_pixels and rec.width * rec.height > max_pixels:
+        raise FormatError(f"the file's images hold more than {max_pixels:,} pixels "
+                          "(decompression bomb limit; raise it with max_pixels / --max-pixels)")
+    rec.embedded = r.blob(len(data), "embedded image")
+    _read_meta(r, [rec])
+    end = r.p
+    check = r.take(COMPACT_CHECK)
+    if r.left():
+        raise FormatError(f"{r.left()} bytes of trailing data after the image")
+    # the model's fields do not apply: no model runs for an embedded image
+    return Header("0" * 16, "cpu", False, 1, 0, 1, 1.0, 1.0, 1.0, 1, [rec], checksum=check,
+                  compact=data[:end])
 
 
 def _read_plan(r: _Reader, tile: int) -> Plan:

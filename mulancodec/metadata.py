@@ -81,7 +81,7 @@ class Metadata:
         kw: dict[str, Any] = {}
         if self.icc is not None and fmt in ("PNG", "TIFF", "WEBP"):
             kw["icc_profile"] = self.icc
-        if self.exif is not None and fmt in ("PNG", "WEBP", "TIFF"):
+        if self.exif is not None and fmt in ("PNG", "WEBP"):
             kw["exif"] = self.exif
         if self.dpi is not None and fmt in ("PNG", "TIFF", "BMP"):
             kw["dpi"] = self.dpi
@@ -89,9 +89,25 @@ class Metadata:
             kw["pnginfo"] = self._pnginfo()
         elif fmt == "WEBP" and self.xmp is not None:
             kw["xmp"] = self.xmp
-        elif fmt == "TIFF" and self.xmp is not None:
-            kw["tiffinfo"] = {700: self.xmp}
+        elif fmt == "TIFF":
+            kw["tiffinfo"] = self._tiff_tags()
         return kw
+
+    def _tiff_tags(self) -> dict[int, Any]:
+        """TIFF has no raw EXIF block: its tags join the file's own IFD, XMP is tag 700."""
+        from PIL import Image
+
+        tags: dict[int, Any] = {}
+        if self.exif is not None:
+            ex = Image.Exif()
+            try:
+                ex.load(self.exif)
+                tags.update(ex)
+            except (OSError, ValueError, SyntaxError, struct.error):
+                pass  # an EXIF block Pillow cannot parse still goes to PNG/WebP outputs untouched
+        if self.xmp is not None:
+            tags[700] = self.xmp
+        return tags
 
     def _pnginfo(self) -> Any:
         from PIL import PngImagePlugin

@@ -78,6 +78,9 @@ def test_metadata_round_trips_through_the_cli(tmp_path, rng, tiny_model_path):
     cli("decode", str(tmp_path / "m.mlc"), "-o", str(tmp_path / "back.tif"), "-q")
     tif = info_of(tmp_path / "back.tif")
     assert tif["icc_profile"] == ICC and tif["dpi"] == pytest.approx(want["dpi"], abs=1e-3)
+    assert tif["xmp"] == XMP
+    with Image.open(tmp_path / "back.tif") as im:  # EXIF tags join the TIFF's own
+        assert im.getexif()[0x010F] == "Camera"
     # --strip drops all of it
     cli("encode", str(tmp_path / "m.png"), "-o", str(tmp_path / "s.mlc"), "--strip", "--model", m,
         "--steps", "2", "-q")

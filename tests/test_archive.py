@@ -345,3 +345,44 @@ def test_verify_catches_every_corrupted_file_of_the_fuzz_corpus(corpus, lm, tmp_
         assert (": ok (" in line) == exact, line
     # a mutant whose model id changed (CRCs fixed) cannot be checked: exit 4, still not 0
     assert not all(expect) and code in (EXIT_INPUT, EXIT_MODEL)
+
+
+# -- hostile embedded JPEG-XL and metadata --------------------------------------------------
+
+@pytest.mark.skipif(not jxl.available(), reason="imagecodecs with JPEG-XL is not installed")
+def test_embedded_jpeg_xl_must_match_its_header_before_it_is_decoded(corpus, lm, monkeypatch):
+    s = corpus[4]  # an embedded image in the full layout
+    h, words = mm.parts(s.data)
+    rec = h.images[0]
+    wrong = jxl.encode(np.zeros((rec.height + 1, rec.width, 3), np.uint8))
+    claims = b"\xff\x0a" + bytes([0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])  # a huge image in 8 bytes
+    calls = []
+    real = jxl._codec().jpegxl_decode
+    monkeypatch.setattr(jxl._codec(), "jpegxl_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for blob in (wrong, claims, b"\xff\x0a"):
+        rec.embedded = blob
+        with pytest.raises(mc.DecodeError, match="corrupt embedded image"):
+            mc.decompress_pictures(fmt.write(h, words), model=lm)
+    assert not calls  # refused from the size header alone
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_metadata_round_trips_or_is_refused(corpus, lm, seed):
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(int(rng.integers(0, 6))):
+        kind = int(rng.integers(0, 8))
+        n = {4: 16, 5: 8, 6: 64, 7: 1}.get(kind, int(rng.integers(0, 300)))
+        v = bytes(rng.integers(0, 256, n, dtype=np.uint8))
+        if kind == 3 and rng.random() < 0.5:
+            v = b"key%d\0" % len(items) + "välue".encode()
+        if kind != 3 and any(k == kind for k, _ in items):
+            continue
+        items.append((kind, v))
+    data = _with_meta(corpus[0].data, items)
+    try:
+        pic = mc.decompress_pictures(data, model=lm)[0]
+    except mc.DecodeError as e:
+        assert "text metadata" in str(e)
+        return
+    assert Metadata(**pic.meta.__dict__).items() == Metadata.from_items(items).items()

@@ -386,3 +386,27 @@ def test_random_metadata_round_trips_or_is_refused(corpus, lm, seed):
         assert "text metadata" in str(e)
         return
     assert Metadata(**pic.meta.__dict__).items() == Metadata.from_items(items).items()
+
+
+def test_info_describes_compact_files_and_their_metadata(tmp_path, rng, tiny_model_path):
+    import json
+
+    meta_png(tmp_path / "m.png", smooth_image(rng, 8, 8, 3))
+    m = str(tiny_model_path)
+    assert cli("encode", str(tmp_path / "m.png"), "--model", m, "--steps", "2", "-q")[0] == 0
+    code, out, _ = cli("info", str(tmp_path / "m.mlc"))
+    assert code == 0 and "v2 file" in out and "compact file" in out and "text Author, Comment, Title" in out
+    d = json.loads(cli("info", str(tmp_path / "m.mlc"), "--json")[1])
+    assert d["compact"] and d["format_version"] == 2
+    assert d["image_list"][0]["metadata"][:3] == ["icc 1288 bytes", f"exif {len(exif())} bytes",
+                                                  f"xmp {len(XMP)} bytes"]
+
+
+def test_pillow_save_can_strip(tmp_path, rng, use_tiny_model):
+    meta_png(tmp_path / "m.png", smooth_image(rng, 8, 8, 3))
+    with Image.open(tmp_path / "m.png") as im:
+        im.load()
+        im.save(tmp_path / "s.mlc", steps=2, strip=True)
+    with Image.open(tmp_path / "s.mlc") as im:
+        im.load()
+        assert not set(KEYS) & set(im.info)

@@ -218,7 +218,7 @@ _common_pixels = click.option("--max-pixels", type=int, default=None,
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None,
               help="Diffusion steps T (default: the model's recommended T).")
 @click.option("--no-fallback", is_flag=True,
-              help="Always use bits-back, even when an embedded PNG/WebP would be smaller.")
+              help="Always use bits-back, even when an embedded PNG/WebP/JPEG-XL would be smaller.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per output file.")
 @click.option("--strip", is_flag=True,
               help="Drop metadata (ICC profile, EXIF, XMP, text chunks, dpi, gAMA/cHRM/sRGB); "
@@ -297,7 +297,7 @@ def _report_encode(info: dict[str, Any], as_json: bool, quiet: bool, verbose: bo
     if as_json:
         click.echo(json.dumps(info), err=out == "-")
     elif not quiet and out != "-":
-        extra = " (embedded PNG/WebP: smaller than bits-back here)" if info.get("embedded") else ""
+        extra = " (embedded PNG/WebP/JPEG-XL: smaller than bits-back here)" if info.get("embedded") else ""
         src = info["input"] if isinstance(info["input"], str) else f"{len(info['input'])} images"
         click.echo(f"{src} -> {out}: {info['bytes']:,} bytes{extra}", err=True)
         if verbose and "bpd" in info:
@@ -313,7 +313,7 @@ def _safe_stem(name: str) -> str:
 
 def _render_image(pic: Any, out: str, fmt: str | None) -> bytes:
     """The decoded picture in the output's format, with its metadata where the format has room
-    (PNG: all of it; TIFF and WebP: ICC, EXIF, XMP, dpi for TIFF; BMP: dpi)."""
+    (PNG: all of it; TIFF: ICC, XMP, dpi and the EXIF tags; WebP: ICC, EXIF, XMP; BMP: dpi)."""
     im = pic.to_pil(meta=False)
     buf = io.BytesIO()
     suffix = Path(out).suffix.lower() if out != "-" else ""
@@ -409,7 +409,8 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
     chans = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 1}
     sub = sum(r.width * r.height * chans[r.mode] for r in h.images)
     d = {
-        "file": file, "bytes": len(data), "format_version": h.version, "compact": bool(h.compact), "model_id": h.model_id,
+        "file": file, "bytes": len(data), "format_version": h.version, "compact": bool(h.compact),
+        "model_id": h.model_id,
         "backend": h.backend, "precision": "bf16" if h.bf16 else "fp32", "threads": h.threads,
         "steps": h.steps, "tile": h.tile, "kappa": h.kappa, "images": len(h.images),
         "bits_per_subpixel": round(8 * len(data) / sub, 4),

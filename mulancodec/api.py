@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import os
 import zlib
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from .coding import container as fmt
 from .coding.bitsback import ChainSpec
 from .coding.codecs import CodingError
 from .coding.determinism import deterministic
+from .jxl import JxlUnavailable
+from .metadata import Metadata, MetadataError
 from .coding.stream import Encoded, TileContext, decode_tiles, encode_tiles
 from .weights import ENV_MODEL, LoadedModel, ModelFileError, find_shipped, load_model, shipped_models
 
@@ -105,8 +106,9 @@ class EncodeStats:
 
 
 def _embed(pic: img.Picture) -> bytes:
-    """The smallest exact PNG/WebP of the picture (the fallback when bits-back loses)."""
-    cands = img.lossless_encodings(pic.to_pil())
+    """The smallest exact PNG/WebP/JPEG-XL of the picture (the fallback when bits-back loses);
+    each candidate is decoded and checked before it can be chosen."""
+    cands = img.lossless_encodings(pic.to_pil(meta=False))  # metadata is stored once, in the header
     good = [c for c in sorted(cands, key=len) if _unembed(c, pic.mode, pic.width, pic.height).checksum()
             == pic.checksum()]
     if not good:
@@ -116,21 +118,26 @@ def _embed(pic: img.Picture) -> bytes:
 
 def _unembed(data: bytes, mode: str, width: int, height: int) -> img.Picture:
     try:  # the header's size passed the caller's limit, and the image must have that size
-        with img.own_size_limit(), Image.open(io.BytesIO(data), formats=["PNG", "WEBP"]) as im:
-            if im.format not in ("PNG", "WEBP") or im.size != (width, height):
+        im = img.decode_lossless(data, width, height)
+        if im.mode != mode:
+            if mode not in ("RGB", "RGBA") or im.mode not in ("RGB", "RGBA"):
                 raise DecodeError("embedded image does not match its header")
-            im.load()
-            if im.mode != mode:
-                if mode == "L" or im.format != "WEBP":
-                    raise DecodeError("embedded image does not match its header")
-                im = im.convert(mode)
-            return img.from_pil(im, max_pixels=0)
+            im = im.convert(mode)  # lossless WebP may come back with or without alpha
+        pic = img.from_pil(im, max_pixels=0)
+        pic.meta = Metadata()
+        return pic
+    except JxlUnavailable as e:
+        raise DecodeError(str(e)) from None
     except (OSError, SyntaxError, ValueError, img.ImageError) as e:
         raise DecodeError(f"corrupt embedded image ({e})") from None
 
 
 def _record(pic: img.Picture) -> fmt.ImageRecord:
     rec = fmt.ImageRecord(pic.mode, pic.width, pic.height)
+    try:
+        rec.meta = pic.meta.items()
+    except MetadataError as e:
+        raise EncodeError(str(e)) from None
     if pic.rgb is None:  # palette image the model cannot code through RGB
         rec.method = fmt.METHOD_EMBED
         rec.embedded = _embed(pic)
@@ -199,10 +206,8 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
                         len(jobs), enc.plan)
     if fallback and len(pics) == 1 and jobs:
         emb = fmt.ImageRecord(pics[0].mode, pics[0].width, pics[0].height, fmt.METHOD_EMBED,
-                              embedded=_embed(pics[0]))
-        alt = fmt.write(fmt.Header(lm.model_id, dev.type, False, threads, header.env_tag, T,
-                                   spec.kappa, spec.window, spec.latent_delta, tile, [emb],
-                                   checksum=header.checksum), np.zeros(0, np.uint32))
+                              embedded=_embed(pics[0]), meta=recs[0].meta)
+        alt = fmt.write_compact(emb, pics[0].checksum())
         if len(alt) < len(data):
             data = alt
             stats.bytes, stats.embedded = len(alt), True
@@ -221,37 +226,45 @@ def _as_stored(spec: ChainSpec) -> ChainSpec:
                                latent_delta=fmt.stored_float(spec.latent_delta))
 
 
-def _load_all(images: Iterable[img.ImageLike], max_pixels: int | None) -> list[img.Picture]:
+def _load_all(images: Iterable[img.ImageLike], max_pixels: int | None,
+              strip: bool = False) -> list[img.Picture]:
+    """The pictures to code; `strip` drops their metadata (ICC, EXIF, XMP, text, dpi...)."""
     pics = [img.load(x, max_pixels) for x in images]
     if not pics:
         raise EncodeError("no images to encode")
+    if strip:
+        for p in pics:
+            p.meta = Metadata()
     return pics
 
 
 def compress(image: img.ImageLike, *, steps: int | None = None, device: "str | torch.device | None" = None,
              model: "str | os.PathLike | LoadedModel | None" = None, fallback: bool = True,
              max_batch: int | None = None, max_pixels: int | None = None,
-             progress: Callable[[int], None] | None = None) -> bytes:
+             progress: Callable[[int], None] | None = None, strip: bool = False) -> bytes:
     """Encode one image (numpy uint8 HxW / HxWx3 / HxWx4, PIL image or path) to .mlc bytes.
 
-    With `fallback` (the default) a file stores an embedded PNG/WebP instead when
+    With `fallback` (the default) a file stores an embedded PNG/WebP/JPEG-XL instead when
     that is smaller: a lone small image cannot amortise bits-back's start-up cost.
+    The image's metadata (ICC, EXIF, XMP, text, dpi, gAMA/cHRM/sRGB) is kept unless `strip`.
     """
     return compress_with_stats(image, steps=steps, device=device, model=model, fallback=fallback,
-                               max_batch=max_batch, max_pixels=max_pixels, progress=progress)[0]
+                               max_batch=max_batch, max_pixels=max_pixels, progress=progress,
+                               strip=strip)[0]
 
 
 def compress_with_stats(image: img.ImageLike, **kw: object) -> tuple[bytes, EncodeStats]:
     """`compress`, also returning what the encode measured."""
     max_pixels = kw.pop("max_pixels", None)
-    return _encode(_load_all([image], max_pixels), **kw)  # type: ignore[arg-type]
+    strip = bool(kw.pop("strip", False))
+    return _encode(_load_all([image], max_pixels, strip), **kw)  # type: ignore[arg-type]
 
 
 def compress_many(images: Iterable[img.ImageLike], *, steps: int | None = None,
                   device: "str | torch.device | None" = None,
                   model: "str | os.PathLike | LoadedModel | None" = None, max_batch: int | None = None,
                   max_pixels: int | None = None, names: Sequence[str] | None = None,
-                  progress: Callable[[int], None] | None = None) -> bytes:
+                  progress: Callable[[int], None] | None = None, strip: bool = False) -> bytes:
     """Encode many images into one stream: bits-back's start-up cost is paid once.
 
     `names` (optional, one per image, no newlines) are stored so a decoder can
@@ -259,14 +272,14 @@ def compress_many(images: Iterable[img.ImageLike], *, steps: int | None = None,
     """
     return compress_many_with_stats(images, steps=steps, device=device, model=model,
                                     max_batch=max_batch, max_pixels=max_pixels, names=names,
-                                    progress=progress)[0]
+                                    progress=progress, strip=strip)[0]
 
 
 def compress_many_with_stats(images: Iterable[img.ImageLike], *, max_pixels: int | None = None,
-                             names: Sequence[str] | None = None,
+                             names: Sequence[str] | None = None, strip: bool = False,
                              **kw: object) -> tuple[bytes, EncodeStats]:
     """`compress_many`, also returning what the encode measured."""
-    pics = _load_all(images, max_pixels)
+    pics = _load_all(images, max_pixels, strip)
     if names is not None:
         names = list(names)
         if len(names) != len(pics) or any("\n" in n for n in names):
@@ -360,7 +373,12 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
     out = [p for p in pics if p is not None]
     for p, rec in zip(out, h.images):
         p.name = rec.name
-    if _stream_checksum(out) != h.checksum:
+        try:
+            p.meta = Metadata.from_items(rec.meta)
+        except MetadataError as e:
+            raise DecodeError(str(e)) from None
+    if (fmt.compact_check(h.compact, out[0].checksum()) if h.compact
+            else _stream_checksum(out)) != h.checksum:
         msg = "pixel checksum mismatch: refusing to return wrong pixels"
         # the environment hint only concerns model-coded images (and needs the backend present)
         raise DecodeError(_with_env_hint(msg, h, torch.device(h.backend)) if jobs else msg)

@@ -1,4 +1,4 @@
-"""The `mulancodec` command line: encode, decode, info, demo, train, eval.
+"""The `mulancodec` command line: encode, decode, info, verify, demo, train, eval.
 
 Errors are one line on stderr and a documented exit code, never a traceback
 (set MULANCODEC_DEBUG=1 to see one). Outputs are written to a temporary file
@@ -218,8 +218,11 @@ _common_pixels = click.option("--max-pixels", type=int, default=None,
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None,
               help="Diffusion steps T (default: the model's recommended T).")
 @click.option("--no-fallback", is_flag=True,
-              help="Always use bits-back, even when an embedded PNG/WebP would be smaller.")
+              help="Always use bits-back, even when an embedded PNG/WebP/JPEG-XL would be smaller.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per output file.")
+@click.option("--strip", is_flag=True,
+              help="Drop metadata (ICC profile, EXIF, XMP, text chunks, dpi, gAMA/cHRM/sRGB); "
+                   "by default it is kept and restored on decode.")
 @_common_model
 @_common_device
 @_common_force
@@ -228,8 +231,8 @@ _common_pixels = click.option("--max-pixels", type=int, default=None,
 @_common_pixels
 @guarded
 def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int | None,
-           no_fallback: bool, as_json: bool, model_path: str | None, device: str | None, force: bool,
-           quiet: bool, verbose: bool, max_pixels: int | None) -> None:
+           no_fallback: bool, as_json: bool, strip: bool, model_path: str | None, device: str | None,
+           force: bool, quiet: bool, verbose: bool, max_pixels: int | None) -> None:
     """Compress images (PNG, TIFF, BMP, ... or '-' for stdin) to .mlc files."""
     from .api import compress_with_stats, compress_many, get_model, pick_device
     from .image import probe
@@ -248,12 +251,12 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
             if stream:
                 names = [Path(s).name.replace("\n", " ") if s != "-" else "" for s in srcs]
                 data = compress_many(images, steps=steps, device=dev, model=lm, max_pixels=max_pixels,
-                                     names=names, progress=bar)
+                                     names=names, progress=bar, strip=strip)
                 info = {"bytes": len(data), "images": len(images)}
             else:
                 data, st = compress_with_stats(images[0], steps=steps, device=dev, model=lm,
                                                fallback=not no_fallback, max_pixels=max_pixels,
-                                               progress=bar)
+                                               progress=bar, strip=strip)
                 info = {"bytes": st.bytes, "bpd": round(st.bpd, 4), "embedded": st.embedded,
                         "bits_back_bytes": st.bits_back_bytes, "tiles": st.tiles}
         if out != "-" and output is not None and output.endswith("/"):
@@ -294,7 +297,7 @@ def _report_encode(info: dict[str, Any], as_json: bool, quiet: bool, verbose: bo
     if as_json:
         click.echo(json.dumps(info), err=out == "-")
     elif not quiet and out != "-":
-        extra = " (embedded PNG/WebP: smaller than bits-back here)" if info.get("embedded") else ""
+        extra = " (embedded PNG/WebP/JPEG-XL: smaller than bits-back here)" if info.get("embedded") else ""
         src = info["input"] if isinstance(info["input"], str) else f"{len(info['input'])} images"
         click.echo(f"{src} -> {out}: {info['bytes']:,} bytes{extra}", err=True)
         if verbose and "bpd" in info:
@@ -309,7 +312,9 @@ def _safe_stem(name: str) -> str:
 
 
 def _render_image(pic: Any, out: str, fmt: str | None) -> bytes:
-    im = pic.to_pil()
+    """The decoded picture in the output's format, with its metadata where the format has room
+    (PNG: all of it; TIFF: ICC, XMP, dpi and the EXIF tags; WebP: ICC, EXIF, XMP; BMP: dpi)."""
+    im = pic.to_pil(meta=False)
     buf = io.BytesIO()
     suffix = Path(out).suffix.lower() if out != "-" else ""
     name = fmt or {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP",
@@ -318,6 +323,7 @@ def _render_image(pic: Any, out: str, fmt: str | None) -> bytes:
         raise CliError(f"{out}: unknown image format '{suffix}' (use .png, .webp, .tif, .bmp, .ppm "
                        "or --format)", EXIT_OUTPUT)
     kw: dict[str, Any] = {"lossless": True, "exact": True} if name == "WEBP" else {}
+    kw.update(pic.meta.save_options(name))
     if name == "PNG":
         kw["optimize"] = False
     try:
@@ -396,14 +402,15 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
     """Describe an .mlc file without decoding it."""
     from .api import read_header
     from .coding.codecs import CONSTRICTION_VERSION, constriction_version
-    from .coding.container import DEFAULT_MAX_WORK, METHOD_EMBED, VERSION, tiles_in
+    from .coding.container import DEFAULT_MAX_WORK, METHOD_EMBED, tiles_in
 
     data = read_input(file)
     h = read_header(data, max_pixels)
     chans = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 1}
     sub = sum(r.width * r.height * chans[r.mode] for r in h.images)
     d = {
-        "file": file, "bytes": len(data), "format_version": VERSION, "model_id": h.model_id,
+        "file": file, "bytes": len(data), "format_version": h.version, "compact": bool(h.compact),
+        "model_id": h.model_id,
         "backend": h.backend, "precision": "bf16" if h.bf16 else "fp32", "threads": h.threads,
         "steps": h.steps, "tile": h.tile, "kappa": h.kappa, "images": len(h.images),
         "bits_per_subpixel": round(8 * len(data) / sub, 4),
@@ -414,24 +421,88 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
         "constriction": constriction_version(), "constriction_required": CONSTRICTION_VERSION,
         "image_list": [{"name": r.name, "mode": r.mode, "width": r.width, "height": r.height,
                         "method": "embedded" if r.method == METHOD_EMBED else "bits-back",
-                        "tiles": tiles_in(r, h.tile)} for r in h.images],
+                        "tiles": tiles_in(r, h.tile), "metadata": _meta_list(r.meta)}
+                       for r in h.images],
     }
     if as_json:
         click.echo(json.dumps(d))
         return
-    click.echo(f"{file}: mulancodec v{VERSION} file, {len(data):,} bytes, "
+    click.echo(f"{file}: mulancodec v{h.version} file, {len(data):,} bytes, "
                f"{d['bits_per_subpixel']} bits per subpixel")
     over = " (over the default work limit: decode with --max-work)" if (
         d["network_evaluations"] > DEFAULT_MAX_WORK) else ""
-    click.echo(f"  model {h.model_id}, {h.backend} {d['precision']}, T={h.steps}, tile {h.tile}, "
-               f"{len(h.plan)} batches, {d['network_evaluations']:,} tile evaluations to decode{over}")
+    if h.compact:
+        click.echo("  compact file: one embedded image, no model needed to decode")
+    else:
+        click.echo(f"  model {h.model_id}, {h.backend} {d['precision']}, T={h.steps}, tile {h.tile}, "
+                   f"{len(h.plan)} batches, {d['network_evaluations']:,} tile evaluations to decode{over}")
     pin = "" if d["constriction"] == CONSTRICTION_VERSION else f" (files need {CONSTRICTION_VERSION})"
     click.echo(f"  decoder here: constriction {d['constriction']}{pin}")
     for r in d["image_list"][:20]:
         name = f" {r['name']}" if r["name"] else ""
         click.echo(f"  {r['mode']:4} {r['width']}x{r['height']} {r['method']}{name}")
+        if r["metadata"]:
+            click.echo(f"       metadata: {'; '.join(r['metadata'])}")
     if len(h.images) > 20:
         click.echo(f"  ... and {len(h.images) - 20} more images")
+
+
+def _meta_list(items: list[tuple[int, bytes]]) -> list[str]:
+    """What metadata an image record carries, one phrase per field."""
+    from .metadata import Metadata, MetadataError
+
+    try:
+        return Metadata.from_items(items).describe()
+    except MetadataError as e:
+        return [f"corrupt ({e})"]
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("files", nargs=-1, required=True)
+@_common_model
+@_common_device
+@_common_pixels
+@_common_work
+@guarded
+def verify(files: tuple[str, ...], model_path: str | None, device: str | None, max_pixels: int | None,
+           max_work: int | None) -> None:
+    """Decode every image of each .mlc file and check its checksum, writing nothing.
+
+    Prints one line per file ("a.mlc: ok (3 images)" or "a.mlc: CORRUPT (reason)");
+    exits 0 only if every file is intact, else with the worst exit code met
+    (3 corrupt or missing, 4 model problem). Run it on an archive now and then.
+    """
+    worst = EXIT_OK
+    for f in files:
+        status, code = _verify_one(f, model_path, device, max_pixels, max_work)
+        click.echo(f"{f}: {status}")
+        worst = max(worst, code)
+    sys.exit(worst)
+
+
+def _verify_one(f: str, model_path: str | None, device: str | None, max_pixels: int | None,
+                max_work: int | None) -> tuple[str, int]:
+    """("ok (n images)", 0) or a status naming the problem and its exit code."""
+    from .api import check_work, decompress_pictures, read_header
+
+    if f != "-" and not Path(f).is_file():
+        return "MISSING (no such file)", EXIT_INPUT
+    try:
+        data = read_input(f)
+        check_work(read_header(data, max_pixels), max_work)
+        pics = decompress_pictures(data, device=device, model=model_path, max_pixels=max_pixels,
+                                   max_work=max_work)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure is a status line, never a traceback
+        code = _classify(e)
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if code == EXIT_MODEL:
+            return f"CANNOT CHECK ({msg})", EXIT_MODEL
+        if code is None and os.environ.get("MULANCODEC_DEBUG"):
+            raise
+        return f"CORRUPT ({msg})", EXIT_INPUT if code is not None else EXIT_ERROR
+    return f"ok ({len(pics)} image{'s' if len(pics) != 1 else ''})", EXIT_OK
 
 
 @main.command(epilog=EXIT_CODES)

@@ -12,12 +12,15 @@ import contextlib
 import hashlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
 import numpy as np
 from PIL import Image
+
+from . import jxl
+from .metadata import Metadata
 
 SUPPORTED_MODES = ("L", "LA", "RGB", "RGBA", "P")
 MAX_SIDE = 65535
@@ -44,6 +47,7 @@ class Picture:
     palette_mode: str = "RGB"
     transparency: int | bytes | None = None  # P: Pillow's info["transparency"]
     name: str = ""  # a stream's stored file name, if any
+    meta: Metadata = field(default_factory=Metadata)  # ICC, EXIF, text...: not in the checksum
 
     @property
     def grey(self) -> bool:
@@ -60,14 +64,18 @@ class Picture:
             base = np.concatenate([base, self.alpha[..., None]], axis=2)
         return base[..., 0] if self.mode == "L" else base
 
-    def to_pil(self) -> Image.Image:
+    def to_pil(self, meta: bool = True) -> Image.Image:
+        """A PIL image; with `meta`, its `info` carries the metadata as a PNG reader's would."""
         if self.mode == "P":
             im = Image.fromarray(self.array(), "P")
             im.putpalette(self.palette, self.palette_mode)
             if self.transparency is not None:
                 im.info["transparency"] = self.transparency
-            return im
-        return Image.fromarray(self.array(), self.mode)
+        else:
+            im = Image.fromarray(self.array(), self.mode)
+        if meta:
+            im.info.update(self.meta.info())
+        return im
 
     def checksum(self) -> bytes:
         """SHA-256 of everything the user gets back: mode, size, pixels, palette."""
@@ -115,6 +123,16 @@ def from_array(a: np.ndarray, max_pixels: int | None = None) -> Picture:
 
 
 def from_pil(im: Image.Image, max_pixels: int | None = None) -> Picture:
+    """The picture of a PIL image, with the metadata its `info` holds."""
+    pic = _pixels_of_pil(im, max_pixels)
+    pic.meta = Metadata.from_info(im.info)
+    return pic
+
+
+def _pixels_of_pil(im: Image.Image, max_pixels: int | None) -> Picture:
+    if getattr(im, "n_frames", 1) > 1:
+        raise ImageError("animated or multi-page images are not supported (frames would be lost): "
+                         "extract the frames first")
     if im.mode not in SUPPORTED_MODES:
         raise ImageError(f"unsupported image mode {im.mode!r} (supported: {', '.join(SUPPORTED_MODES)})")
     w, h = im.size
@@ -181,7 +199,8 @@ def _open_file(path: str | os.PathLike, max_pixels: int | None) -> Iterator[Imag
     try:
         with own_size_limit(), Image.open(p) as im:
             if getattr(im, "n_frames", 1) > 1:
-                raise ImageError(f"{p}: animated or multi-page images are not supported")
+                raise ImageError(f"{p}: animated or multi-page images are not supported (frames "
+                                 "would be lost): extract the frames first")
             w, h = im.size
             _check_size(h, w, max_pixels)
             yield im
@@ -224,12 +243,33 @@ def png_bytes(plane: np.ndarray) -> bytes:
 
 
 def lossless_encodings(im: Image.Image) -> list[bytes]:
-    """The exact classical encodings we can fall back on: optimised PNG, and lossless
-    WebP for RGB / RGBA (WebP has no grey or palette mode that keeps them exactly)."""
+    """The exact classical encodings we can fall back on: optimised PNG, lossless WebP for
+    RGB / RGBA (WebP has no grey or palette mode that keeps them exactly), and lossless
+    JPEG-XL for every mode but P when its library is installed. Callers verify by decoding."""
     out = [_saved(im, "PNG", optimize=True)]
     if im.mode in ("RGB", "RGBA"):
         out.append(_saved(im, "WEBP", lossless=True, quality=100, method=6, exact=True))
+    if im.mode != "P" and jxl.available():
+        out.append(jxl.encode(np.asarray(im)))
     return out
+
+
+def decode_lossless(data: bytes, width: int, height: int) -> Image.Image:
+    """A PNG, WebP or JPEG-XL candidate back as a PIL image of exactly width x height (the
+    caller has checked that size against its limit; raises ValueError/OSError if it is not)."""
+    if jxl.is_jxl(data):
+        a = jxl.decode(data, width, height)
+        if a.ndim == 3 and a.shape[2] == 1:
+            a = a[..., 0]
+        mode = "L" if a.ndim == 2 else {2: "LA", 3: "RGB", 4: "RGBA"}.get(a.shape[2])
+        if mode is None:
+            raise ValueError("JPEG-XL image has an unsupported channel count")
+        return Image.fromarray(a, mode)
+    with own_size_limit(), Image.open(io.BytesIO(data), formats=["PNG", "WEBP"]) as im:
+        if im.format not in ("PNG", "WEBP") or im.size != (width, height):
+            raise ValueError("embedded image does not match its header")
+        im.load()
+        return im.copy()
 
 
 def png_plane(data: bytes, height: int, width: int) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Reading decodes the whole file on first access to the pixels (a stream file
 exposes its images as frames: `im.n_frames`, `im.seek(i)`). Saving accepts the
-keyword arguments of `mulancodec.compress` (steps, device, model, fallback).
+keyword arguments of `mulancodec.compress` (steps, device, model, fallback, strip).
+The image's metadata (ICC profile, EXIF, XMP, text, dpi, gamma...) is in `im.info`
+from open on, under the keys Pillow's PNG reader uses, and is saved from there.
 
 Image.open takes no options, so the decoding limits are module settings: MAX_WORK
 (tile-steps a file may ask for, default container.DEFAULT_MAX_WORK, 0 = no limit),
@@ -45,7 +47,13 @@ class MlcImageFile(ImageFile.ImageFile):
         self._set_frame_info(0)
 
     def _set_frame_info(self, frame: int) -> None:
+        from .metadata import Metadata, MetadataError
+
         rec = self._mlc_header.images[frame]
+        try:
+            self.info = Metadata.from_items(rec.meta).info()
+        except MetadataError as e:
+            raise SyntaxError(f"not a valid MLC file: {e}") from None
         self._size = (rec.width, rec.height)
         self._mode = rec.mode
         self.tile = []
@@ -78,7 +86,7 @@ class MlcImageFile(ImageFile.ImageFile):
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     from .api import compress
 
-    opts = {k: v for k, v in im.encoderinfo.items() if k in ("steps", "device", "model", "fallback")}
+    opts = {k: v for k, v in im.encoderinfo.items() if k in ("steps", "device", "model", "fallback", "strip")}
     fp.write(compress(im, **opts))
 
 

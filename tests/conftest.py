@@ -7,6 +7,11 @@ from pathlib import Path
 # One intra-op thread for the tests (and the CLI subprocesses they start): on a small
 # or busy machine OpenMP spinning across threads makes tiny models many times slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Subprocesses (the CLI tests) import this checkout's mulancodec, not whichever one is installed
+# (an editable install of another worktree would otherwise be tested instead).
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                       if p and p != _ROOT])
 
 import numpy as np
 import pytest

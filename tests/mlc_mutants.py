@@ -1,7 +1,8 @@
 """Valid .mlc files and ways to break them, shared by test_fuzz.py and test_hardening.py.
 
 `build_corpus` encodes a handful of tiny files once (tiny model, T=2: every mode,
-a multi-tile stream with names, an embedded fallback). `fix_crcs` recomputes both
+an embedded image in the full layout, the compact file a lone tiny image becomes,
+a multi-tile stream with names). `fix_crcs` recomputes both
 CRCs of a mutated file so the mutation reaches the checks behind them;
 `rewrite` re-serialises a file through `container.read`/`container.write` with
 edited header fields (valid CRCs, arbitrary field values).
@@ -14,6 +15,7 @@ a Rust panic, a warning, a run past the time bound) is a failure.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import dataclasses
 import io
 import signal
@@ -96,8 +98,11 @@ def _build_corpus(model) -> list[Sample]:
     for name, x in [("rgb", rgb), ("grey", grey), ("rgba", rgba), ("palette", pal)]:
         add(name, mc.compress(x, model=model, steps=STEPS, fallback=False), [x])
     data = mc.compress(lone, model=model, steps=STEPS)
-    assert mc.read_header(data).images[0].method == fmt.METHOD_EMBED
-    add("embedded", data, [lone])
+    h = mc.read_header(data)
+    assert h.compact and h.images[0].method == fmt.METHOD_EMBED
+    full = dataclasses.replace(h, compact=b"", checksum=hashlib.sha256(img.load(lone).checksum()).digest()[:8])
+    add("embedded", fmt.write(full, np.zeros(0, np.uint32)), [lone])  # the full layout holds one too
+    add("compact", data, [lone])
     imgs = [big, small_grey, dup]
     add("stream", mc.compress_many(imgs, model=model, steps=STEPS, names=["a.png", "b.png", "c.png"]),
         imgs)

@@ -193,7 +193,7 @@ def edit_image(draw, h: fmt.Header, corpus) -> None:
     r = h.images[i]
     field = draw(st.sampled_from(["mode", "method", "width", "height", "palette", "palette_mode",
                                   "transparency", "alpha", "embedded", "name", "drop", "dup", "swap",
-                                  "from-other"]))
+                                  "from-other", "meta"]))
     if field == "mode":
         r.mode = draw(st.sampled_from(fmt.MODES))
     elif field == "method":
@@ -221,6 +221,8 @@ def edit_image(draw, h: fmt.Header, corpus) -> None:
     elif field == "from-other":
         other = mm.parts(draw(st.sampled_from(corpus)).data)[0]
         h.images[i] = draw(st.sampled_from(other.images))
+    elif field == "meta":  # metadata items: unknown kinds, repeats, wrong fixed sizes, non-UTF-8 text
+        r.meta = draw(st.lists(st.tuples(st.integers(0, 10), st.binary(max_size=70)), max_size=4))
 
 
 def edit_header(draw, h: fmt.Header, words: np.ndarray, corpus) -> np.ndarray:
@@ -318,7 +320,7 @@ def _mutants_for_cli(corpus, n: int) -> list[tuple[str, bytes]]:
         ("empty", b""),
         ("truncated", rgb[: len(rgb) // 2]),
         ("cuda", mm.rewrite(rgb, backend="cuda")),
-        ("version 2", mm.fix_crcs(rgb[:4] + b"\x02" + rgb[5:])),
+        ("next version", mm.fix_crcs(rgb[:4] + bytes([fmt.VERSION + 1]) + rgb[5:])),
         ("other payload", mm.rewrite(rgb, payload=mm.parts(corpus[1].data)[1])),
         ("bad checksum", mm.rewrite(rgb, checksum=b"\0" * 8)),
         ("huge image", mm.rewrite(rgb, images=[fmt.ImageRecord("RGB", 65535, 65535)])),

@@ -1,10 +1,12 @@
 """Golden files: .mlc files written by an earlier build still decode to the same pixels.
 
-The files in tests/golden/ were made once by tests/golden/make_golden.py with the
-shipped CIFAR-10 model (CPU, one thread, T=3). They pin the on-disk format and the
-coding chain: if a change makes them decode differently (or not at all), either the
-change is a bug, or it is a format change, which needs a new container.VERSION and,
-deliberately, new golden files.
+The files in tests/golden/ were made by tests/golden/make_golden.py with the
+shipped CIFAR-10 model (CPU, one thread, T=3): version 1 files (FILES_V1) before
+version 2 existed, version 2 files (v2_*, with metadata) since. They pin the
+on-disk format and the coding chain: if a change makes them decode differently
+(or not at all), either the change is a bug, or it is a format change, which needs
+a new container.VERSION and, deliberately, new golden files of that version. Files
+of every earlier version must keep decoding.
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ from mulancodec.coding import container as fmt
 from conftest import CIFAR10_MODEL
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-FILES = ["rgb", "stream", "grey", "rgba", "palette"]
+FILES_V1 = ["rgb", "stream", "grey", "rgba", "palette"]
+FILES_V2 = ["v2_meta", "v2_stream", "v2_embedded"]
+VERSION_OF = {**{n: 1 for n in FILES_V1}, **{n: 2 for n in FILES_V2}}
+FILES = FILES_V1 + FILES_V2
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +37,38 @@ def cifar():
 
 @pytest.fixture(scope="module")
 def expected() -> dict[str, np.ndarray]:
-    with np.load(GOLDEN / "expected.npz", allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    out = {}
+    for f in ("expected.npz", "expected_v2.npz"):
+        with np.load(GOLDEN / f, allow_pickle=False) as z:
+            out.update({k: z[k] for k in z.files})
+    return out
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_golden_file_has_the_current_format_version(name):
+def test_golden_file_has_its_format_version(name):
     data = (GOLDEN / f"{name}.mlc").read_bytes()
     assert data[:4] == fmt.MAGIC
-    assert data[4] == fmt.VERSION, ("container.VERSION changed: if that is deliberate, regenerate "
-                                    "the golden files with tests/golden/make_golden.py")
+    assert data[4] == VERSION_OF[name] in fmt.READ_VERSIONS  # old versions are still read
     h = mc.read_header(data)
-    assert all(r.method == fmt.METHOD_MODEL for r in h.images)  # bits-back, not an embedded PNG
+    assert h.version == data[4]
+    if name == "v2_embedded":  # a lone tiny image: the compact layout around its fallback
+        assert h.compact and h.images[0].method == fmt.METHOD_EMBED
+    else:
+        assert all(r.method == fmt.METHOD_MODEL for r in h.images)  # bits-back, not an embedded PNG
+
+
+def test_there_are_golden_files_of_the_current_version():
+    assert fmt.VERSION in VERSION_OF.values(), ("container.VERSION changed: if that is deliberate, "
+                                                "add golden files with tests/golden/make_golden.py")
+
+
+@pytest.mark.parametrize("name", FILES_V2)
+def test_golden_v2_files_carry_their_metadata(name, cifar):
+    from golden.make_golden import META
+
+    data = (GOLDEN / f"{name}.mlc").read_bytes()
+    first = mc.decompress_pictures(data, model=cifar, device="cpu")[0]
+    assert first.meta.info() == META  # byte-identical blobs, the same text and numbers
 
 
 @pytest.mark.parametrize("name", FILES)

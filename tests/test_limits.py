@@ -42,6 +42,7 @@ def plan_bomb() -> bytes:
     hb = bytes(8) + bytes([0, 0]) + mm.varint(1) + struct.pack("<I", 0) + mm.varint(1)
     hb += struct.pack("<fff", 1.0, 12.0, 1 / 256) + mm.varint(1) + mm.varint(1)
     hb += fmt._image_bytes(fmt.ImageRecord("RGB", 8192, 8192)) + mm.varint(0)  # no names
+    hb += mm.varint(0)  # no metadata items (version 2)
     hb += mm.varint(4) + (mm.varint(1) + mm.varint(1 << 24)) * 4 + mm.varint(0)  # plan, direct
     hb += mm.varint(1) + mm.varint(0) + bytes(8)  # seed, stripped, checksum
     return mm.frame(hb, b"")

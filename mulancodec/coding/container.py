@@ -7,6 +7,7 @@ produce a `FormatError`, never a huge allocation.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import struct
 import zlib
@@ -15,8 +16,16 @@ from typing import Iterable, Iterator, Sequence, overload
 
 import numpy as np
 
+from ..metadata import FIXED_SIZE as META_FIXED
+from ..metadata import KINDS as META_KINDS
+from ..metadata import MAX_ITEM_BYTES as MAX_META_BYTES
+from ..metadata import MAX_ITEMS as MAX_META_ITEMS
+from ..metadata import MAX_TOTAL_BYTES as MAX_META_TOTAL
+from ..metadata import TEXT as META_TEXT
+
 MAGIC = b"\x89MLC"
-VERSION = 1
+VERSION = 2  # 2: per-image metadata after the names; embedded and direct images may be JPEG-XL
+READ_VERSIONS = (1, 2)  # a reader still decodes every earlier version
 MODES = ("L", "LA", "RGB", "RGBA", "P")
 BACKENDS = ("cpu", "cuda")
 METHOD_MODEL, METHOD_EMBED = 0, 1
@@ -35,6 +44,7 @@ SEED_TRIES = 6  # the encoder tries seed_sizes() in order until the first batch 
 # (16,384 tiles x 1000 steps); decoders take a lower or higher limit (0 = none).
 DEFAULT_MAX_WORK = 1 << 24
 DEFAULT_MAX_STEPS = 4096  # the default work limit also refuses larger T (an explicit one lifts it)
+COMPACT_CHECK = 4  # bytes of a compact file's check (see write_compact)
 # The ranges a reader accepts for the float32 chain parameters (kappa, window, latent grid).
 FLOAT_RANGES = {"kappa": (1e-3, 64.0), "window": (1.0, 1e3), "latent_delta": (1e-6, 1.0)}
 
@@ -53,8 +63,9 @@ class ImageRecord:
     palette: bytes = b""
     transparency: int | bytes | None = None
     alpha: bytes = b""  # PNG of the alpha plane (LA, RGBA)
-    embedded: bytes = b""  # METHOD_EMBED: the whole image as PNG or WebP
+    embedded: bytes = b""  # METHOD_EMBED: the whole image as PNG, WebP or JPEG-XL
     name: str = ""  # optional (streams made from files keep their names)
+    meta: list[tuple[int, bytes]] = field(default_factory=list)  # (kind, bytes): metadata.py
 
 
 class Plan(Sequence[int]):
@@ -145,6 +156,8 @@ class Header:
     seed_words: int = 0
     stripped: int = 0
     checksum: bytes = b"\0" * 8
+    version: int = VERSION  # the file's format version (a writer always writes VERSION)
+    compact: bytes = b""  # compact files: the bytes their 4-byte check covers (see write_compact)
 
 
 # -- primitives -------------------------------------------------------------------------
@@ -256,6 +269,13 @@ def _plan_bytes(plan: Sequence[int]) -> bytes:
     return bytes(out)
 
 
+def _meta_bytes(items: Sequence[tuple[int, bytes]]) -> bytes:
+    out = bytearray(_varint(len(items)))
+    for kind, v in items:
+        out += bytes([kind]) + _blob(v)
+    return bytes(out)
+
+
 def write(h: Header, payload: np.ndarray) -> bytes:
     """Serialise a header and the ANS words (uint32, bottom of the stack first)."""
     hb = bytearray()
@@ -268,12 +288,29 @@ def write(h: Header, payload: np.ndarray) -> bytes:
         hb += _image_bytes(r)
     names = [r.name for r in h.images]
     hb += _blob("\n".join(names).encode() if any(names) else b"")
+    for r in h.images:
+        hb += _meta_bytes(r.meta)
     hb += _plan_bytes(h.plan) + _varint(h.direct)
     hb += _varint(h.seed_words) + _varint(h.stripped) + h.checksum
     head = MAGIC + bytes([VERSION]) + _varint(len(hb)) + bytes(hb)
     body = payload.astype("<u4").tobytes()
     return (head + struct.pack("<I", zlib.crc32(head)) + _varint(len(body)) + body
             + struct.pack("<I", zlib.crc32(body)))
+
+
+def compact_check(signed: bytes, pixel_checksum: bytes) -> bytes:
+    """A compact file's check: SHA-256 over its bytes and its image's pixel checksum."""
+    return hashlib.sha256(signed + pixel_checksum).digest()[:COMPACT_CHECK]
+
+
+def write_compact(rec: ImageRecord, pixel_checksum: bytes) -> bytes:
+    """A lone embedded image in 11 bytes plus the image and its metadata (docs/format.md,
+    "Compact files"): a small image's fallback costs about what its PNG/WebP/JPEG-XL costs."""
+    if rec.method != METHOD_EMBED:
+        raise ValueError("compact files hold an embedded image only")
+    out = bytearray(MAGIC + bytes([VERSION, 0, MODES.index(rec.mode)]))
+    out += _varint(rec.width) + _varint(rec.height) + _blob(rec.embedded) + _meta_bytes(rec.meta)
+    return bytes(out) + compact_check(bytes(out), pixel_checksum)
 
 
 # -- reader -----------------------------------------------------------------------------
@@ -346,10 +383,12 @@ def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray
     r = _Reader(data, "file")
     r.take(4)
     version = r.u8()
-    if version != VERSION:
+    if version not in READ_VERSIONS:
         raise FormatError(f"format version {version} is not supported by this mulancodec "
-                          f"(it reads version {VERSION}); upgrade mulancodec")
+                          f"(it reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade mulancodec")
     hlen = r.varint(1 << 40, "header length")
+    if hlen == 0 and version >= 2:
+        return _read_compact(r, bytes(data), max_pixels), np.zeros(0, np.uint32)
     if hlen > r.left():
         raise FormatError("truncated file (the header is cut off)")
     hb = r.take(hlen)
@@ -357,7 +396,7 @@ def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray
     (crc,) = struct.unpack("<I", r.take(4))
     if zlib.crc32(bytes(memoryview(data)[:head_end])) != crc:
         raise FormatError("header checksum mismatch (the file is corrupt)")
-    h = _parse_header(_Reader(hb, "header"), len(data), max_pixels)
+    h = _parse_header(_Reader(hb, "header"), len(data), max_pixels, version)
     blen = r.varint(1 << 40, "payload length")
     if blen + 4 > r.left():
         raise FormatError("truncated file (the payload is cut off)")
@@ -370,6 +409,29 @@ def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray
     if r.left():
         raise FormatError(f"{r.left()} bytes of trailing data after the payload")
     return h, np.frombuffer(body, dtype="<u4").astype(np.uint32)
+
+
+def _read_compact(r: _Reader, data: bytes, max_pixels: int | None) -> Header:
+    """A compact file (header length 0): one embedded image, its metadata, a 4-byte check."""
+    mode_i = r.u8()
+    if mode_i >= len(MODES):
+        raise FormatError(f"unknown image mode {mode_i}")
+    rec = ImageRecord(MODES[mode_i], r.varint(MAX_SIDE, "width"), r.varint(MAX_SIDE, "height"),
+                      METHOD_EMBED)
+    if rec.width < 1 or rec.height < 1:
+        raise FormatError("image has zero size")
+    if max_pixels and rec.width * rec.height > max_pixels:
+        raise FormatError(f"the file's images hold more than {max_pixels:,} pixels "
+                          "(decompression bomb limit; raise it with max_pixels / --max-pixels)")
+    rec.embedded = r.blob(len(data), "embedded image")
+    _read_meta(r, [rec])
+    end = r.p
+    check = r.take(COMPACT_CHECK)
+    if r.left():
+        raise FormatError(f"{r.left()} bytes of trailing data after the image")
+    # the model's fields do not apply: no model runs for an embedded image
+    return Header("0" * 16, "cpu", False, 1, 0, 1, 1.0, 1.0, 1.0, 1, [rec], checksum=check,
+                  compact=data[:end])
 
 
 def _read_plan(r: _Reader, tile: int) -> Plan:
@@ -394,7 +456,44 @@ def _read_plan(r: _Reader, tile: int) -> Plan:
     return Plan(runs)
 
 
-def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
+def _read_names(r: _Reader, images: list[ImageRecord]) -> None:
+    names = r.blob(1 << 24, "names")
+    if names:
+        try:
+            parts = names.decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            raise FormatError("image names are not UTF-8") from None
+        if len(parts) != len(images):
+            raise FormatError("image names do not match the image count")
+        for rec, name in zip(images, parts):
+            rec.name = name
+
+
+def _read_meta(r: _Reader, images: list[ImageRecord]) -> None:
+    """Each image's metadata items: kinds known, one of each but text, sizes bounded."""
+    total = 0
+    for rec in images:
+        n = r.varint(MAX_META_ITEMS, "metadata items")
+        if n > r.left() // 2:
+            raise FormatError("truncated metadata")
+        seen: set[int] = set()
+        for _ in range(n):
+            kind = r.u8()
+            if kind >= len(META_KINDS):
+                raise FormatError(f"unknown metadata kind {kind}")
+            if kind in seen and kind != META_TEXT:
+                raise FormatError(f"{META_KINDS[kind]} metadata appears twice")
+            seen.add(kind)
+            v = r.blob(MAX_META_BYTES, f"{META_KINDS[kind]} metadata")
+            if kind in META_FIXED and len(v) != META_FIXED[kind]:
+                raise FormatError(f"{META_KINDS[kind]} metadata has {len(v)} bytes, not {META_FIXED[kind]}")
+            total += len(v)
+            if total > MAX_META_TOTAL:
+                raise FormatError(f"more than {MAX_META_TOTAL:,} bytes of metadata")
+            rec.meta.append((kind, v))
+
+
+def _parse_header(r: _Reader, file_len: int, max_pixels: int | None, version: int = VERSION) -> Header:
     model_id = r.take(8).hex()
     backend_i = r.u8()
     if backend_i >= len(BACKENDS):
@@ -428,16 +527,10 @@ def _parse_header(r: _Reader, file_len: int, max_pixels: int | None) -> Header:
             raise FormatError(f"the file's images hold more than {max_pixels:,} pixels "
                               "(decompression bomb limit; raise it with max_pixels / --max-pixels)")
         h.images.append(rec)
-    names = r.blob(1 << 24, "names")
-    if names:
-        try:
-            parts = names.decode("utf-8").split("\n")
-        except UnicodeDecodeError:
-            raise FormatError("image names are not UTF-8") from None
-        if len(parts) != n:
-            raise FormatError("image names do not match the image count")
-        for rec, name in zip(h.images, parts):
-            rec.name = name
+    _read_names(r, h.images)
+    if version >= 2:
+        _read_meta(r, h.images)
+    h.version = version
     h.plan = _read_plan(r, tile)  # run-length: a plan of a few bytes can name 2^26 batches
     plan_total = h.plan.tiles()
     h.direct = r.varint(MAX_TILES, "directly coded tiles")

@@ -1,4 +1,4 @@
-"""A tile coded directly (lossless PNG or WebP bytes pushed as uniform symbols).
+"""A tile coded directly (lossless PNG, WebP or JPEG-XL bytes pushed as uniform symbols).
 
 Bits-back needs bits on the stack before its first pops: about two steps'
 worth per subpixel. A stream's first tile, coded directly, puts real
@@ -7,12 +7,11 @@ way), so a mid-size image no longer pays that start-up cost in full.
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image
 
-from ..image import lossless_encodings, own_size_limit
+from ..image import decode_lossless, lossless_encodings
+from ..jxl import JxlUnavailable
 from .codecs import CodingError, Stack, Uniform
 
 LENGTH_BITS = 32
@@ -38,30 +37,44 @@ def unblock(values: np.ndarray, src: np.ndarray, coded: np.ndarray, size: int) -
     return flat[src].reshape(3, size, size)
 
 
+def _smallest_exact(b: np.ndarray) -> bytes:
+    """The smallest candidate encoding that decodes back to exactly this block."""
+    h, w, chans = b.shape
+    for data in sorted(lossless_encodings(Image.fromarray(b[..., 0] if chans == 1 else b)), key=len):
+        try:
+            if np.array_equal(_decoded(data, h, w, chans), b):
+                return data
+        except CodingError:
+            continue
+    raise CodingError("no exact encoding of a directly coded tile")
+
+
 def push(stack: Stack, b: np.ndarray) -> None:
     """Push an (h, w, C) uint8 block: its bytes, then their length (popped first)."""
-    data = min(lossless_encodings(Image.fromarray(b[..., 0] if b.shape[2] == 1 else b)), key=len)
+    data = _smallest_exact(b)
     padded = data + b"\0" * (len(data) % 2)
     chunks = np.frombuffer(padded, dtype="<u2").astype(np.int64)
     Uniform(16, len(chunks)).push(stack, chunks)
     Uniform(LENGTH_BITS, 1).push(stack, np.array([len(data)]))
 
 
+def _decoded(data: bytes, h: int, w: int, chans: int) -> np.ndarray:
+    """A block's PNG/WebP/JPEG-XL bytes back as (h, w, chans); CodingError unless exactly that."""
+    try:
+        # a tile is at most 1024 x 1024 (the container's bound): its size is checked before decoding
+        im = decode_lossless(data, w, h)
+        out = np.asarray(im.convert("L" if chans == 1 else "RGB"))
+    except JxlUnavailable as e:
+        raise CodingError(str(e)) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CodingError(f"corrupt directly coded tile ({e})") from None
+    return out.reshape(h, w, chans)
+
+
 def pop(stack: Stack, h: int, w: int, chans: int) -> np.ndarray:
-    """Pop a block pushed by `push`; refuses anything but a PNG/WebP of exactly that shape."""
+    """Pop a block pushed by `push`; refuses anything but an image of exactly that shape."""
     n = int(Uniform(LENGTH_BITS, 1).pop(stack)[0])
     if not 0 < n <= 1024 + 2 * h * w * chans:
         raise CodingError("corrupt directly coded tile")
     chunks = Uniform(16, (n + 1) // 2).pop(stack)
-    data = chunks.astype("<u2").tobytes()[:n]
-    try:
-        # a tile is at most 1024 x 1024 (the container's bound), so Pillow's global
-        # bomb limit must not apply here
-        with own_size_limit(), Image.open(io.BytesIO(data), formats=["PNG", "WEBP"]) as im:
-            if im.size != (w, h):
-                raise CodingError("corrupt directly coded tile")
-            im.load()
-            out = np.asarray(im.convert("L" if chans == 1 else "RGB"))
-    except (OSError, SyntaxError, ValueError) as e:
-        raise CodingError(f"corrupt directly coded tile ({e})") from None
-    return out.reshape(h, w, chans)
+    return _decoded(chunks.astype("<u2").tobytes()[:n], h, w, chans)

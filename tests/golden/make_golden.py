@@ -6,10 +6,16 @@ caught by the tests instead of being silently re-recorded. From the repository r
 
     python tests/golden/make_golden.py
 
-It writes, with the shipped CIFAR-10 model on the CPU, one thread, T = STEPS:
-rgb.mlc (bits-back, no PNG fallback), stream.mlc (compress_many of three
-images), grey.mlc (L), rgba.mlc (RGBA), palette.mlc (P), and expected.npz with
-the pixels each file must decode to. The images are synthetic (made here).
+Files of earlier versions are never rewritten: they must keep decoding.
+Version 1 (written by this script before version 2 existed): rgb.mlc (bits-back,
+no PNG fallback), stream.mlc (compress_many of three images), grey.mlc (L),
+rgba.mlc (RGBA), palette.mlc (P), with their pixels in expected.npz.
+Version 2 (what it writes now, as v2_*.mlc and expected_v2.npz): v2_meta.mlc
+(RGB, bits-back, carrying every kind of metadata), v2_stream.mlc (two images,
+one with metadata) and v2_embedded.mlc (a lone tiny image: the smallest
+PNG/WebP/JPEG-XL fallback). The metadata each must carry is META below.
+All with the shipped CIFAR-10 model on the CPU, one thread, T = STEPS; the images
+are synthetic (made here).
 """
 from __future__ import annotations
 
@@ -34,8 +40,31 @@ def _gradient(h: int, w: int, c: int, seed: int) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+ICC = bytes(range(256)) * 3  # opaque bytes: metadata is stored, never parsed
+EXIF = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00" + bytes(range(64))
+META = {"icc_profile": ICC, "exif": EXIF, "xmp": b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>",
+        "Title": "golden", "Author": "Zo\u00eb", "dpi": (299.9994, 299.9994), "gamma": 0.45455,
+        "chromaticity": (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06), "srgb": 0}
+
+
+def with_meta(a: np.ndarray) -> Image.Image:
+    """The array as a PIL image whose `info` carries META (as a PNG reader would fill it)."""
+    im = Image.fromarray(a)
+    im.info.update(META)
+    return im
+
+
+def images_v2() -> dict[str, list]:
+    """The version-2 golden files' images, by file name."""
+    return {
+        "v2_meta": [with_meta(_gradient(8, 8, 3, 10))],
+        "v2_stream": [with_meta(_gradient(6, 9, 3, 11)), _gradient(5, 5, 1, 12)[..., 0]],
+        "v2_embedded": [with_meta(_gradient(3, 3, 3, 13))],
+    }
+
+
 def images() -> dict[str, list]:
-    """Every golden file's images (numpy arrays or PIL images), by file name."""
+    """Every version-1 golden file's images (numpy arrays or PIL images), by file name."""
     rgba = _gradient(6, 7, 4, 3)
     rgba[..., 3] = np.where((np.arange(42).reshape(6, 7) % 5) == 0, 0, 255)
     pal = Image.fromarray(_gradient(8, 8, 3, 4)).convert("P", palette=Image.ADAPTIVE, colors=8)
@@ -58,12 +87,13 @@ def main() -> None:
     torch.set_num_threads(1)  # recorded in the header: decoding then pins one thread (fast)
     lm = mc.api.get_model(CIFAR10_MODEL, torch.device("cpu"))
     expected: dict[str, np.ndarray] = {}
-    for name, ims in images().items():
-        if name == "stream":
+    for name, ims in images_v2().items():
+        if name.endswith("stream"):
             data = mc.compress_many(ims, model=lm, steps=STEPS, device="cpu",
                                     names=[f"s{i}.png" for i in range(len(ims))])
         else:
-            data = mc.compress(ims[0], model=lm, steps=STEPS, device="cpu", fallback=False)
+            data = mc.compress(ims[0], model=lm, steps=STEPS, device="cpu",
+                               fallback=name.endswith("embedded"))
         (HERE / f"{name}.mlc").write_bytes(data)
         for i, x in enumerate(ims):
             pic = img.load(x)
@@ -72,7 +102,7 @@ def main() -> None:
             if pic.mode == "P":
                 expected[f"{name}/{i}/palette"] = np.frombuffer(pic.palette, np.uint8)
         print(f"{name}.mlc: {len(data)} bytes")
-    np.savez_compressed(HERE / "expected.npz", **expected)
+    np.savez_compressed(HERE / "expected_v2.npz", **expected)
 
 
 if __name__ == "__main__":

@@ -344,6 +344,7 @@ class TileSequence(Sequence[TileJob]):
                  tile: int) -> None:
         self.pics, self.shapes, self.tile = pics, shapes, tile
         self.images = [i for i, s in enumerate(shapes) if s is not None]
+        self._index = {i: j for j, i in enumerate(self.images)}  # picture -> its place in images
         counts = [self.grid(i)[0] * self.grid(i)[1] for i in self.images]
         self.ends = np.cumsum(counts, dtype=np.int64)
         self.maps: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = {}  # shared, read-only
@@ -355,7 +356,7 @@ class TileSequence(Sequence[TileJob]):
 
     def first(self, picture: int) -> int:
         """Coding position of a model-coded picture's first tile."""
-        j = self.images.index(picture)
+        j = self._index[picture]
         return int(self.ends[j - 1]) if j else 0
 
     def __len__(self) -> int:

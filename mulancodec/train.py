@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
@@ -306,14 +305,14 @@ class _Log:
 
 
 def _step(run: _Run, net: Any, batch: TileSet, gen: torch.Generator, rank: int,
-          device: torch.device) -> dict[str, torch.Tensor]:
-    """One optimizer step on one batch, then the EMA update; returns the logged terms."""
+          device: torch.device, lr: float) -> dict[str, torch.Tensor]:
+    """One optimizer step at learning rate `lr` on one batch, then the EMA update; returns
+    the logged terms."""
     tc, st = run.cfg.train, run.st
     x, ctx = batch_tensors(batch, device)
     step_seed = (tc.seed * 1_000_003 + rank * 7_919 + st.step) % (2 ** 63)
     torch.manual_seed(step_seed)
     gen.manual_seed(step_seed)
-    lr = _lr(run.cfg, st.step, run.warm_from)
     for g in run.opt.param_groups:
         g["lr"] = lr
     run.model.train()
@@ -403,7 +402,7 @@ def train(args: TrainArgs) -> int:
         while (reason := _stop_reason(args, st, started, stop, world, device)) is None:
             lr = _lr(cfg, st.step, run.warm_from)
             log.add(_step(run, net, crops.batch(st.step, tc.batch_size // world, rank), gen, rank,
-                          device))
+                          device, lr))
             st.step += 1
             st.seconds = seconds0 + (time.time() - started)
             if st.step % tc.log_every == 0 and main:

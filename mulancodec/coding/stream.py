@@ -51,7 +51,6 @@ class Context(Protocol):
         ...
 
 
-
 class TileContext:
     """`Context` over a TileSequence: the encoder's canvases are the pictures, the
     decoder's fill up as tiles are decoded; the masks hide everything else."""
@@ -106,10 +105,11 @@ def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     return int(diff[0]) if len(diff) else n
 
 
-def _batch(model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], size: int, device: torch.device,
-           start: int, end: int, context: Context | None) -> TileBatch:
-    ctx = context.inputs(start, end, device) if context is not None else None
-    return TileBatch(model, spec, jobs[start:end], size, device, ctx)
+def _batch(model: MuLAN, spec: ChainSpec, batch: Sequence[TileJob], size: int, device: torch.device,
+           start: int, context: Context | None) -> TileBatch:
+    """The tiles at positions start.. (`batch`, built once by the caller), with their context."""
+    ctx = context.inputs(start, start + len(batch), device) if context is not None else None
+    return TileBatch(model, spec, batch, size, device, ctx)
 
 
 def encode_tiles(model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], size: int,
@@ -172,8 +172,9 @@ def _encode_with_seed(model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], si
     first_cost = 0
     while pos < len(jobs):
         b = _batch_size(pos, stack.bits() - base, need_per_dim, coded_per_tile, max_batch, context)
-        tb = _batch(model, spec, jobs, size, device, pos, pos + b, context)
-        pixels = torch.from_numpy(np.stack([j.pixels for j in jobs[pos:pos + b]])).to(device)
+        batch = jobs[pos:pos + b]
+        tb = _batch(model, spec, batch, size, device, pos, context)
+        pixels = torch.from_numpy(np.stack([j.pixels for j in batch])).to(device)
         start = stack.bits()
         stack.low_water = start
         encode_batch(stack, tb, tb.full(tb.pick(pixels)))
@@ -233,7 +234,7 @@ def decode_tiles(model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], size: i
     start = len(jobs)  # walks the plan backwards without expanding it (it can be run-length)
     for b in reversed(enc.plan):
         start, end = start - b, start
-        tb = _batch(model, spec, jobs, size, device, start, end, context)
+        tb = _batch(model, spec, jobs[start:end], size, device, start, context)
         try:
             x = decode_batch(stack, tb).cpu().numpy()
         except StackUnderflow:

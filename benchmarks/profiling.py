@@ -4,7 +4,7 @@ The package is not instrumented, so for the duration of a `CodingProfile`
 block the methods that run the network and the ANS coder are wrapped (on
 their classes) with timers, and restored afterwards:
 
-- network: `TileBatch.eps` (the denoiser, once per step), `MuLAN.latent_posterior`
+- network: `TileBatch.denoise` (the denoiser, once per step), `MuLAN.latent_posterior`
   (q(c|x)) and `MuLAN.schedule` (the schedule net);
 - ANS: push/pop of `WindowedGaussian` (latents z_i and c) and `PixelGaussian` (x).
 
@@ -27,7 +27,7 @@ from mulancodec.model import mulan
 BUCKETS = ("network", "ans")
 
 _TARGETS: list[tuple[type, str, str]] = [
-    (bitsback.TileBatch, "eps", "network"),
+    (bitsback.TileBatch, "denoise", "network"),
     (mulan.MuLAN, "latent_posterior", "network"),
     (mulan.MuLAN, "schedule", "network"),
     (codecs.WindowedGaussian, "push", "ans"),

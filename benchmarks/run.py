@@ -154,7 +154,7 @@ MULAN_NOTES = [
     "mulancodec: the model is loaded once and one untimed T=1 round trip warms torch up before timing.",
     "mulancodec per-image files use the embedded PNG/WebP fallback when it is smaller (as users get "
     "them); 'bits-back only' is the size the pure bits-back files had.",
-    "Time split: network = TileBatch.eps + MuLAN.latent_posterior + MuLAN.schedule; ANS = push/pop "
+    "Time split: network = TileBatch.denoise + MuLAN.latent_posterior + MuLAN.schedule; ANS = push/pop "
     "of WindowedGaussian and PixelGaussian; other = the rest of the wall clock (codec parameter "
     "setup, chain arithmetic, container, fallback encode).",
 ]

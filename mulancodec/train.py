@@ -165,7 +165,8 @@ def warm_start(model: MuLAN, path: str) -> str:
     Tensors of the same shape are copied. The first convolution of a context model
     has more input channels than that of a model without context: the shared ones are
     copied and the context ones start at zero, so the new model starts out computing
-    what the old one did on the tile alone.
+    what the old one did on the tile alone. Likewise a learned-variance model's extra
+    outputs and learned end points start from their initial values.
     """
     lm = load_model(path)
     src = lm.model.state_dict()
@@ -179,6 +180,11 @@ def warm_start(model: MuLAN, path: str) -> str:
                     and s.shape[0] == t.shape[0] and s.shape[2:] == t.shape[2:]:
                 t.zero_()
                 t[:, :s.shape[1]] = s
+            elif s is not None and name.startswith("denoiser.conv_out.") and s.shape[0] < t.shape[0] \
+                    and s.shape[1:] == t.shape[1:]:
+                t[:s.shape[0]] = s  # eps-hat's outputs; mse-hat's keep their initial values
+            elif s is None and name == "schedule_net.ends":
+                pass  # learned end points start at the config's (the source's fixed ones)
             else:
                 raise ValueError(f"--init {path}: {name} does not fit this config")
     return lm.model_id
@@ -212,7 +218,11 @@ def _config(args: TrainArgs) -> Config:
         return cfg
     if (args.out / "train" / "state.json").exists():
         raise FileExistsError(f"{args.out} already holds a run: pass --resume to continue it")
-    return load_config(args.config or "small")
+    cfg = load_config(args.config or "small")
+    if cfg.model.learned_variance and not (cfg.train.loss_steps and all(cfg.train.loss_steps_mix)):
+        raise ValueError("a learned reverse variance is trained by the discrete-time loss only: "
+                         "set loss_steps (and loss_steps_mix) above 0")
+    return cfg
 
 
 @dataclass
@@ -317,7 +327,7 @@ def _step(run: _Run, net: Any, batch: TileSet, gen: torch.Generator, rank: int,
         g["lr"] = lr
     run.model.train()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        terms = net(x, tc.loss_steps, gen, ctx)
+        terms = net(x, tc.steps_at(st.step), gen, ctx)
     loss = terms.total.mean()
     run.opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -33,6 +33,14 @@ def test_step_kl_equals_the_eps_form():
     mp, sp = reverse_step(z_t, eps_hat, gs, gt)
     kl = kl_divergence(Normal(mq, sq), Normal(mp, sp))
     assert torch.allclose(kl, reverse_step_kl(gs, gt, eps, eps_hat), rtol=1e-6)
+    # a learned variance: p's std widened by the predicted squared error mse-hat
+    mse_hat = torch.rand(n, generator=g, dtype=torch.float64)
+    mp, sp = reverse_step(z_t, eps_hat, gs, gt, mse_hat)
+    assert torch.all(sp > sq)
+    kl = kl_divergence(Normal(mq, sq), Normal(mp, sp))
+    assert torch.allclose(kl, reverse_step_kl(gs, gt, eps, eps_hat, mse_hat), rtol=1e-6)
+    assert torch.equal(reverse_step_kl(gs, gt, eps, eps_hat, torch.zeros(n, dtype=torch.float64)),
+                       reverse_step_kl(gs, gt, eps, eps_hat))
     # the forward step composes to the marginal: q(z_t|x) = int q(z_t|z_s) q(z_s|x)
     a_s, s_s = alpha_sigma(gs)
     mf, sf = forward_step(a_s * x, gs, gt)

@@ -8,6 +8,8 @@ a 1.5x error in the reverse step's std is caught. (A wrong std can make a file
 smaller than the loss says, when the model's errors exceed the fixed reverse
 variance: what matters is that the coder pays exactly what the loss reports.)
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -41,13 +43,33 @@ def elbo_T(model, tiles: np.ndarray, repeats: int) -> tuple[float, float]:
     return float(m.mean()), float(m.std() / len(m) ** 0.5)
 
 
-@pytest.fixture(scope="module")
-def setup():
+def learned_variance_model(model):
+    """The trained model with a learned reverse variance (mse-hat varying by subpixel around
+    0.3) and learned end points moved off the config's: the chain must still pay -ELBO_T."""
+    from mulancodec.model.mulan import MuLAN
+    from mulancodec.train import warm_start
+
+    cfg = dataclasses.replace(model.cfg, reverse_variance="learned", learned_ends=True)
+    lv = MuLAN(cfg).eval()
+    warm_start(lv, str(CIFAR10_MODEL))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        out = lv.denoiser.conv_out
+        out.weight[3:] = 0.02 * torch.randn(out.weight[3:].shape, generator=g)
+        out.bias[3:] = -0.85
+        lv.schedule_net.ends += torch.tensor([0.4, -0.05])
+    return lv
+
+
+@pytest.fixture(scope="module", params=["fixed variance", "learned variance"])
+def setup(request):
     """A trained model (a random one's -ELBO_T is too heavy-tailed to estimate) on smooth tiles."""
     from mulancodec.weights import load_model
 
     torch.set_num_threads(1)
     model = load_model(CIFAR10_MODEL).model
+    if request.param == "learned variance":
+        model = learned_variance_model(model)
     S = model.cfg.tile
     rng = np.random.default_rng(11)
     tiles = np.stack([smooth_image(rng, S, S, 3) for _ in range(N_TILES)])
@@ -82,8 +104,8 @@ def test_rate_test_catches_a_wrong_std(setup, monkeypatch):
     model, tiles, elbo = setup
     right = bitsback.reverse_step
 
-    def wide(z_t, eps_hat, g_s, g_t):
-        mean, std = right(z_t, eps_hat, g_s, g_t)
+    def wide(z_t, eps_hat, g_s, g_t, mse_hat=None):
+        mean, std = right(z_t, eps_hat, g_s, g_t, mse_hat)
         return mean, 1.5 * std
 
     monkeypatch.setattr(bitsback, "reverse_step", wide)

@@ -120,31 +120,40 @@ class TileBatch:
     def gamma(self, i: int) -> torch.Tensor:
         return self.pick(self.gamma_full(i))
 
-    def _stds(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Std z_i is popped with (encoder) and pushed with (encoder), coded subpixels."""
+    def _stds(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stds z_i is popped with and pushed with (encoder), coded subpixels, known from
+        c alone: (pop, push at its narrowest, push at its widest).
+
+        A learned-variance model pushes with a std between the two push bounds
+        (`reverse_step` at mse-hat 0 and 1), set by the network at the step.
+        """
         T = self.spec.steps
         g_i = self.gamma(i)
+        zero = torch.zeros_like(g_i)
         if i == 0:
             s_pop = torch.sqrt(torch.sigmoid(g_i))
         else:
-            s_pop = forward_step(torch.zeros_like(g_i), self.gamma(i - 1), g_i)[1]
+            s_pop = forward_step(zero, self.gamma(i - 1), g_i)[1]
         if i == T:
-            s_push = torch.ones_like(g_i)
-        else:
-            s_push = reverse_step(torch.zeros_like(g_i), torch.zeros_like(g_i), g_i, self.gamma(i + 1))[1]
-        return s_pop, s_push
+            return s_pop, torch.ones_like(g_i), torch.ones_like(g_i)
+        g_next = self.gamma(i + 1)
+        narrow = reverse_step(zero, zero, g_i, g_next)[1]
+        wide = reverse_step(zero, zero, g_i, g_next, torch.ones_like(g_i))[1] \
+            if self.model.cfg.learned_variance else narrow
+        return s_pop, narrow, wide
 
     def grid(self, i: int) -> tuple[torch.Tensor, int]:
         """(bin width per coded subpixel, window radius in bins) of z_i.
 
-        The width is kappa times the smaller of the two stds z_i is coded with.
+        The width is kappa times the smallest std z_i can be coded with, and the
+        window covers `spec.window` of the largest.
         (A coarse pixel-aligned grid for z_0 would make the first pop nearly
         free, but it strips z_0's noise from the whole chain that follows: on a
         T = 50 chain that cost +0.55 bpd, so every z_i gets a fine grid.)
         """
         if i not in self._grid:
-            s_pop, s_push = self._stds(i)
-            lo, hi = torch.minimum(s_pop, s_push), torch.maximum(s_pop, s_push)
+            s_pop, narrow, wide = self._stds(i)
+            lo, hi = torch.minimum(s_pop, narrow), torch.maximum(s_pop, wide)
             delta = self.spec.kappa * lo
             ratio = float((hi / lo).max().item()) if lo.numel() else 1.0
             radius = int(min(2 ** 22, math.ceil(self.spec.window * ratio / self.spec.kappa)))
@@ -163,10 +172,10 @@ class TileBatch:
         return self.ints(k).double() * self.grid(i)[0]
 
     # -- distributions -----------------------------------------------------------------
-    def eps(self, z: torch.Tensor, i: int) -> torch.Tensor:
-        """The denoiser's eps-hat for z_i (coded subpixels), the one network call per step."""
-        e = self.model.eps(self.full(z).float(), self.gamma_full(i).float(), self.c, self.ctx)
-        return self.pick(e.double())
+    def denoise(self, z: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The denoiser's (eps-hat, mse-hat) for z_i (coded subpixels): one network call per step."""
+        e, m = self.model.denoise(self.full(z).float(), self.gamma_full(i).float(), self.c, self.ctx)
+        return self.pick(e.double()), None if m is None else self.pick(m.double())
 
     # -- the codecs of the chain ---------------------------------------------------------
     def prior_z(self) -> WindowedGaussian:
@@ -190,7 +199,8 @@ class TileBatch:
     def reverse_likelihood(self, i: int, k: np.ndarray) -> WindowedGaussian:
         """p(z_{i-1} | z_i, c), through the denoiser."""
         z = self.z(i, k)
-        return self.codec(i - 1, *reverse_step(z, self.eps(z, i), self.gamma(i - 1), self.gamma(i)), True)
+        eps_hat, mse_hat = self.denoise(z, i)
+        return self.codec(i - 1, *reverse_step(z, eps_hat, self.gamma(i - 1), self.gamma(i), mse_hat), True)
 
     def chain(self, kc: np.ndarray | None) -> BitSwap:
         """The codec of x given c: Bit-Swap over x -> z_0 -> ... -> z_T."""

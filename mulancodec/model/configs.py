@@ -52,6 +52,15 @@ class ModelConfig:
     # context: the denoiser also sees a margin of this many pixels around the tile, with
     # the pixels the decoder already has there (and a mask of which those are); 0 = none
     context: int = 0
+    # the reverse steps' variance: q's posterior variance ("fixed"), or widened by the
+    # denoiser's predicted squared error of eps-hat ("learned"; `mulan.reverse_step`)
+    reverse_variance: str = "fixed"
+    # learn the schedule's end points gamma(0), gamma(1) (else fixed at gamma_min, gamma_max)
+    learned_ends: bool = False
+
+    @property
+    def learned_variance(self) -> bool:
+        return self.reverse_variance == "learned"
 
     def window(self, tile: int) -> int:
         """Side of the window the denoiser runs on for a tile of side `tile`."""
@@ -94,6 +103,10 @@ class ModelConfig:
             raise ValueError("schedule_eps and latent_std_min must be positive")
         if self.schedule_head not in ("conv", "dense"):
             raise ValueError(f"schedule_head must be conv or dense, not {self.schedule_head!r}")
+        if self.reverse_variance not in ("fixed", "learned"):
+            raise ValueError(f"reverse_variance must be fixed or learned, not {self.reverse_variance!r}")
+        if not isinstance(self.learned_ends, bool):
+            raise ValueError(f"learned_ends must be true or false, not {self.learned_ends!r}")
         if self.schedule not in ("mulan", "scalar", "linear"):
             raise ValueError(f"schedule must be mulan, scalar or linear, not {self.schedule!r}")
         if not self.gamma_min < self.gamma_max:
@@ -121,6 +134,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     flip: bool = True
     loss_steps: int = 0  # 0: continuous-time diffusion loss; T > 0: discrete-time loss at T
+    # train on the discrete-time loss at each of these T in turn (step k uses entry k mod n),
+    # so one model serves them all; loss_steps is then the T evaluations report
+    loss_steps_mix: tuple[int, ...] = ()
     seed: int = 0
     log_every: int = 50
     eval_every: int = 1000
@@ -132,7 +148,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return cls(**_fields(cls, d, "train", ("adam_betas",)))
+        return cls(**_fields(cls, d, "train", ("adam_betas", "loss_steps_mix")))
+
+    def steps_at(self, step: int) -> int:
+        """The T of training step `step`'s loss (0: continuous time)."""
+        mix = self.loss_steps_mix
+        return mix[step % len(mix)] if mix else self.loss_steps
 
 
 @dataclass(frozen=True)
@@ -171,6 +192,8 @@ CONFIGS: dict[str, Config] = {
     "tiny-scalar": Config("tiny-scalar", _tiny_model(schedule="scalar"), _TINY_TRAIN),
     "tiny-nolatent": Config("tiny-nolatent", _tiny_model(latent_channels=0), _TINY_TRAIN),
     "tiny-context": Config("tiny-context", _tiny_model(context=8), _TINY_TRAIN),
+    "tiny-lv": Config("tiny-lv", _tiny_model(context=8, reverse_variance="learned", learned_ends=True),
+                      dataclasses.replace(_TINY_TRAIN, loss_steps=10, loss_steps_mix=(5, 10))),
     "tiny-linear": Config("tiny-linear", _tiny_model(schedule="linear", latent_channels=0), _TINY_TRAIN),
     # The issue's ablations at 32x32 and CPU scale, trained for equal steps (runs compared in the model issue's closing note).
     **{f"mini{suffix}": Config(f"mini{suffix}", ModelConfig(
@@ -196,6 +219,16 @@ CONFIGS: dict[str, Config] = {
                     latent_channels=4, schedule_width=16, latent_width=16),
         TrainConfig(batch_size=12, lr=5e-4, warmup_steps=100, ema_decay=0.998, log_every=25,
                     eval_every=250, eval_images=14, loss_steps=100),
+    ),
+    # The photo model trained for the T the codec runs: learned reverse variances and end
+    # points, the discrete-time loss at T = 25, 50 and 100 in turn (warm-started from `photo`).
+    "photo-lv": Config(
+        "photo-lv",
+        ModelConfig(tile=64, context=8, width=32, mults=(1, 2, 2), blocks=1, attn_res=(16,),
+                    latent_channels=4, schedule_width=16, latent_width=16,
+                    reverse_variance="learned", learned_ends=True),
+        TrainConfig(batch_size=12, lr=5e-4, warmup_steps=100, ema_decay=0.998, log_every=25,
+                    eval_every=250, eval_images=14, loss_steps=50, loss_steps_mix=(25, 50, 100)),
     ),
     # The same on a GPU: a width-128 U-Net (see facts.md), batch 64 of 64x64 tiles.
     "photo-gpu": Config(

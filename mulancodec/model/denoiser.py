@@ -26,6 +26,11 @@ from .configs import ModelConfig
 CONTEXT_CHANNELS = 4  # the window's pixels where known (3) and the known mask (1)
 
 
+# mse-hat starts near 0 (sigmoid(-3) = 0.047): a learned-variance model warm-started
+# from a fixed-variance one starts out coding as that model did
+MSE_LOGIT_INIT = -3.0
+
+
 def _groups(ch: int) -> int:
     for g in (32, 16, 8, 4, 2, 1):
         if ch % g == 0 and ch // g >= 2:
@@ -135,13 +140,17 @@ class UNet(nn.Module):
                                               nn.Conv2d(cur, cur, 3, padding=1)]))
                 res *= 2
         self.norm_out = nn.GroupNorm(_groups(cur), cur)
-        self.conv_out = nn.Conv2d(cur, C, 3, padding=1)
+        # eps-hat, and for a learned-variance model the logit of mse-hat (`MuLAN.denoise`)
+        self.conv_out = nn.Conv2d(cur, C * (2 if cfg.learned_variance else 1), 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        if cfg.learned_variance:
+            with torch.no_grad():
+                self.conv_out.bias[C:] = MSE_LOGIT_INIT
 
     def forward(self, z: Tensor, gamma_norm: Tensor, c: Tensor | None,
                 ctx: Tensor | None = None) -> Tensor:
-        """eps-hat for z (B,C,H,W); gamma_norm is gamma mapped to [0,1], per subpixel.
+        """eps-hat (and mse-hat's logit) for z (B,C,H,W); gamma_norm is gamma mapped to [0,1], per subpixel.
 
         ctx: (B, 4, H+2m, W+2m) context channels (`mulan.context_channels`), or None
         when the decoder has no pixel around the tile.

@@ -57,23 +57,42 @@ def forward_step(z_s: Tensor, g_s: Tensor, g_t: Tensor) -> tuple[Tensor, Tensor]
     return (a_t / a_s) * z_s, s_t * torch.sqrt(-torch.expm1(g_s - g_t))
 
 
-def reverse_step(z_t: Tensor, eps_hat: Tensor, g_s: Tensor, g_t: Tensor) -> tuple[Tensor, Tensor]:
-    """p(z_s | z_t) = q(z_s | z_t, x = x-hat(z_t)): mean and std."""
+def reverse_step(z_t: Tensor, eps_hat: Tensor, g_s: Tensor, g_t: Tensor,
+                 mse_hat: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """p(z_s | z_t): q(z_s | z_t, x = x-hat(z_t))'s mean, with a variance of its own.
+
+    The fixed variance is q's posterior variance. A learned-variance model adds the
+    expected squared error of its mean: mse_hat predicts E[(eps - eps-hat)^2 | z_t],
+    which makes the variance posterior * (1 + expm1(g_t - g_s) mse_hat), the best
+    Gaussian for a mean that is off by that much. mse_hat does not depend on the
+    step size, so one network serves every T.
+    """
     a_s, s_s = alpha_sigma(g_s)
     a_t, s_t = alpha_sigma(g_t)
     em1 = torch.expm1(g_s - g_t)
     mean = (a_s / a_t) * (z_t + em1 * s_t * eps_hat)
-    return mean, s_s * torch.sqrt(-em1)
+    std = s_s * torch.sqrt(-em1)
+    if mse_hat is not None:
+        std = std * torch.sqrt(1.0 + torch.expm1(g_t - g_s) * mse_hat)
+    return mean, std
 
 
-def reverse_step_kl(g_s: Tensor, g_t: Tensor, eps: Tensor, eps_hat: Tensor) -> Tensor:
+def reverse_step_kl(g_s: Tensor, g_t: Tensor, eps: Tensor, eps_hat: Tensor,
+                    mse_hat: Tensor | None = None) -> Tensor:
     """KL(q(z_s | z_t, x) || p(z_s | z_t)) per subpixel, in nats: the discrete-time loss's step.
 
-    These are `reverse_step` with the true eps and with eps-hat: one std, so the KL is
-    their squared mean difference over twice the variance, which simplifies to this
-    (computed without the cancellation the difference of two means would suffer).
+    These are `reverse_step` with the true eps (and no mse_hat: the true posterior)
+    and with eps-hat. With e = expm1(g_t - g_s), the squared mean difference over
+    q's variance is e (eps - eps-hat)^2, and p's variance is q's times 1 + r with
+    r = e mse_hat, so the KL is (log1p(r) + (e (eps - eps-hat)^2 - r) / (1 + r)) / 2,
+    computed without the cancellation a difference of means would suffer.
     """
-    return 0.5 * torch.expm1(g_t - g_s) * (eps - eps_hat) ** 2
+    e = torch.expm1(g_t - g_s)
+    err = e * (eps - eps_hat) ** 2
+    if mse_hat is None:
+        return 0.5 * err
+    r = e * mse_hat
+    return 0.5 * (torch.log1p(r) + (err - r) / (1.0 + r))
 
 
 def decoder_params(z0: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,9 +162,23 @@ class MuLAN(nn.Module):
     def gamma_norm(self, gamma: Tensor) -> Tensor:
         return (gamma - self.cfg.gamma_min) / (self.cfg.gamma_max - self.cfg.gamma_min)
 
+    def denoise(self, z: Tensor, gamma: Tensor, c: Tensor | None,
+                ctx: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """(eps-hat, mse-hat): the one network call of a step.
+
+        mse-hat, the predicted E[(eps - eps-hat)^2 | z] in [0, 1] that widens
+        `reverse_step`, is None for a fixed-variance model. ctx is the context input
+        (`context_channels`) of a context model.
+        """
+        out = self.denoiser(z, self.gamma_norm(gamma), c, ctx).float()
+        if not self.cfg.learned_variance:
+            return out, None
+        eps_hat, raw = out.chunk(2, dim=1)
+        return eps_hat, torch.sigmoid(raw)
+
     def eps(self, z: Tensor, gamma: Tensor, c: Tensor | None, ctx: Tensor | None = None) -> Tensor:
-        """eps-hat; ctx is the context input (`context_channels`) of a context model."""
-        return self.denoiser(z, self.gamma_norm(gamma), c, ctx).float()
+        """eps-hat alone."""
+        return self.denoise(z, gamma, c, ctx)[0]
 
     # -- the loss --------------------------------------------------------------------
     def terms(self, x: Tensor, steps: int = 0, generator: torch.Generator | None = None,
@@ -199,9 +232,9 @@ class MuLAN(nn.Module):
         a_t, s_t = alpha_sigma(g_t)
         eps = randn(tuple(xu.shape))
         z_t = a_t * xu + s_t * eps
-        eps_hat = self.eps(z_t, g_t, c, ctx)
+        eps_hat, mse_hat = self.denoise(z_t, g_t, c, ctx)
         if steps:  # T times one uniformly chosen step's KL: unbiased for the sum over steps
-            per_dim = steps * reverse_step_kl(sched.gamma(s), g_t, eps, eps_hat)
+            per_dim = steps * reverse_step_kl(sched.gamma(s), g_t, eps, eps_hat, mse_hat)
         else:
             per_dim = 0.5 * sched.dgamma(t) * (eps - eps_hat) ** 2
         diffusion = per_dim.flatten(1).sum(1)

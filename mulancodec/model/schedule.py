@@ -1,6 +1,7 @@
 """Noise schedules gamma(t): per subpixel (MuLAN), shared and learned (VDM), or linear.
 
-All three use one family: gamma(t) = g0 + (g1 - g0) f(t) / f(1), with
+All three use one family: gamma(t) = g0 + (g1 - g0) f(t) / f(1) (end points g0, g1
+fixed by the config, or learned), with
 f(t) = integral_0^t (a s^2 + b s + d)^2 ds + eps t, which is increasing in t for
 any coefficients, so the schedule is monotone by construction and its
 derivative has a closed form. MuLAN predicts (a, b, d) per subpixel from the
@@ -19,15 +20,16 @@ from .configs import ModelConfig
 class Schedule:
     """gamma(t) and its time derivative for fixed coefficient maps a, b, d."""
 
-    def __init__(self, a: Tensor, b: Tensor, d: Tensor, gamma_min: float, gamma_max: float,
-                 eps: float) -> None:
+    def __init__(self, a: Tensor, b: Tensor, d: Tensor, gamma_min: float | Tensor,
+                 gamma_max: float | Tensor, eps: float) -> None:
         self.a, self.b, self.d = a, b, d
         self.g0, self.g1, self.eps = gamma_min, gamma_max, eps
         self.f1 = self._f(torch.ones((), dtype=a.dtype, device=a.device))
 
     def double(self) -> "Schedule":
         """The same schedule evaluated in float64 (the codec's chain arithmetic)."""
-        return Schedule(self.a.double(), self.b.double(), self.d.double(), self.g0, self.g1, self.eps)
+        g0, g1 = (g.double() if isinstance(g, Tensor) else g for g in (self.g0, self.g1))
+        return Schedule(self.a.double(), self.b.double(), self.d.double(), g0, g1, self.eps)
 
     def _f(self, t: Tensor) -> Tensor:
         a, b, d = self.a, self.b, self.d
@@ -86,6 +88,16 @@ class ScheduleNet(nn.Module):
             n = C if self.kind == "mulan" else 1
             self.coef = nn.Parameter(torch.tensor([[0.0] * n, [0.0] * n, [1.0] * n]))
         # "linear" has no parameters
+        if cfg.learned_ends:  # gamma(0) and log(gamma(1) - gamma(0)): ordered by construction
+            self.ends = nn.Parameter(torch.tensor(
+                [cfg.gamma_min, math.log(cfg.gamma_max - cfg.gamma_min)]))
+
+    def end_points(self) -> tuple[float | Tensor, float | Tensor]:
+        """gamma(0) and gamma(1): learned (0-dim tensors) or the config's."""
+        if not self.cfg.learned_ends:
+            return self.cfg.gamma_min, self.cfg.gamma_max
+        g0 = self.ends[0]
+        return g0, g0 + torch.exp(self.ends[1])
 
     def forward(self, c: Tensor | None, like: Tensor) -> Schedule:
         """The schedule for a batch shaped like `like` (B, C, H, W)."""
@@ -98,4 +110,4 @@ class ScheduleNet(nn.Module):
             a, b, d = z, z, z + 1
         else:
             a, b, d = (p.reshape(1, -1, 1, 1) for p in self.coef)
-        return Schedule(a, b, d, cfg.gamma_min, cfg.gamma_max, cfg.schedule_eps)
+        return Schedule(a, b, d, *self.end_points(), cfg.schedule_eps)

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .data import TileSet
 from .model.mulan import MuLAN, context_channels
+
+TERMS = ("diffusion", "recon", "prior", "latent")
 
 
 def batch_tensors(tiles: TileSet, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -21,6 +23,32 @@ def batch_tensors(tiles: TileSet, device: str | torch.device) -> tuple[torch.Ten
     return x, context_channels(w, k)
 
 
+def _bound(model: MuLAN, images: TileSet, steps: int, batch_size: int, device: str | torch.device,
+           seed: int, repeats: int, progress: Any = None) -> dict[str, np.ndarray]:
+    """Per-image -ELBO terms (bpd) at T = steps (0: continuous), averaged over `repeats`.
+
+    The generator restarts at `seed`, so two calls (another T, another model with the
+    same latent shape) draw the same c, z_0, t and eps: their difference is paired.
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n = len(images)
+    out = {k: np.zeros(n) for k in TERMS}
+    for _ in range(repeats):
+        for i in range(0, n, batch_size):
+            x, ctx = batch_tensors(images.take(slice(i, i + batch_size)), device)
+            terms = model.terms(x, steps, gen, ctx=ctx)
+            for k in TERMS:
+                out[k][i:i + len(x)] += getattr(terms, k).double().cpu().numpy() / repeats
+            if progress is not None:
+                progress.update(len(x))
+    return out
+
+
+def _ci(v: np.ndarray) -> list[float]:
+    half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return [float(v.mean() - half), float(v.mean() + half)]
+
+
 @torch.no_grad()
 def evaluate(model: MuLAN, images: TileSet | np.ndarray, steps: int = 100, batch_size: int = 256,
              device: str | torch.device = "cpu", seed: int = 0, repeats: int = 1,
@@ -28,44 +56,39 @@ def evaluate(model: MuLAN, images: TileSet | np.ndarray, steps: int = 100, batch
     """Monte Carlo -ELBO of tiles ((N, H, W, C) uint8 or a TileSet with context),
     continuous-time and at T = `steps`.
 
-    Each image gets `repeats` independent samples of (c, z_0, t) per bound; the
+    Each image gets `repeats` independent samples of (c, z_0, t) per bound, the same
+    ones for both bounds (so their difference, the discrete-time gap, is paired); the
     95% interval covers both image-to-image spread and sampling noise.
     """
     model.eval()
     if not isinstance(images, TileSet):
         images = TileSet(images)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    n = len(images)
-    keys = ("diffusion", "recon", "prior", "latent")
-    cont = {k: np.zeros(n) for k in keys}
-    disc = np.zeros(n)
-    for r in range(repeats):
-        for i in range(0, n, batch_size):
-            x, ctx = batch_tensors(images.take(slice(i, i + batch_size)), device)
-            tc = model.terms(x, 0, gen, ctx=ctx)
-            td = model.terms(x, steps, gen, ctx=ctx) if steps else tc
-            for k in keys:
-                cont[k][i:i + len(x)] += getattr(tc, k).double().cpu().numpy() / repeats
-            disc[i:i + len(x)] += td.total.double().cpu().numpy() / repeats
-            if progress is not None:
-                progress.update(len(x))
-    total = sum(cont[k] for k in keys)
-
-    def ci(v: np.ndarray) -> list[float]:
-        half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
-        return [float(v.mean() - half), float(v.mean() + half)]
-
+    cont = _bound(model, images, 0, batch_size, device, seed, repeats, progress)
+    disc = _bound(model, images, steps, batch_size, device, seed, repeats, progress) if steps else cont
+    total = sum(cont[k] for k in TERMS)
+    disc_total = sum(disc[k] for k in TERMS)
     out: dict[str, Any] = {
         "bpd": float(total.mean()),
-        "bpd_ci95": ci(total),
+        "bpd_ci95": _ci(total),
         "steps": steps,
-        "bpd_T": float(disc.mean()),
-        "bpd_T_ci95": ci(disc),
-        "n_images": n,
+        "bpd_T": float(disc_total.mean()),
+        "bpd_T_ci95": _ci(disc_total),
+        "n_images": len(images),
         "dims_per_image": int(np.prod(images.x.shape[1:])),
         "repeats": repeats,
         "seed": seed,
     }
-    for k in keys:
+    for k in TERMS:
         out[k] = float(cont[k].mean())
     return out
+
+
+@torch.no_grad()
+def elbo_by_steps(model: MuLAN, images: TileSet, steps: Sequence[int], batch_size: int = 256,
+                  device: str | torch.device = "cpu", seed: int = 0, repeats: int = 1,
+                  progress: Any = None) -> dict[int, np.ndarray]:
+    """Per-image -ELBO (bpd) for each T in `steps` (0: continuous), all drawn from one seed:
+    differences between two T, or two models, are paired (far less noisy than either)."""
+    model.eval()
+    return {T: sum(_bound(model, images, T, batch_size, device, seed, repeats, progress)[k] for k in TERMS)
+            for T in steps}

@@ -88,8 +88,9 @@ def test_train_and_eval_cli(train_npz, tmp_path):
 
 
 def _eval_by_hand(data: Path, run: Path, limit: int, steps: int, seed: int) -> dict:
-    """What `eval` must report, from model.terms directly (one batch: continuous-time draws,
-    then the T-step draws, from one generator), with a 95% interval of 1.96 standard errors."""
+    """What `eval` must report, from model.terms directly (one batch: the continuous-time
+    and the T-step bound each drawn from a generator seeded with `seed`), with a 95% interval
+    of 1.96 standard errors."""
     import math
 
     import torch
@@ -101,9 +102,11 @@ def _eval_by_hand(data: Path, run: Path, limit: int, steps: int, seed: int) -> d
     tiles = [im[i:i + S, j:j + S] for im in imgs for i in range(0, im.shape[0] - S + 1, S)
              for j in range(0, im.shape[1] - S + 1, S)]  # raster order, full tiles only
     x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
-    gen = torch.Generator().manual_seed(seed)
+    def gen():
+        return torch.Generator().manual_seed(seed)
+
     with torch.no_grad():
-        tc, td = lm.model.eval().terms(x, 0, gen), lm.model.terms(x, steps, gen)
+        tc, td = lm.model.eval().terms(x, 0, gen()), lm.model.terms(x, steps, gen())
     parts = {k: getattr(tc, k).double().numpy() for k in ("diffusion", "recon", "prior", "latent")}
     total = sum(parts.values())
     half = 1.96 * float(np.std(total, ddof=1)) / math.sqrt(len(total))

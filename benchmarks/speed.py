@@ -29,16 +29,8 @@ import mulancodec
 from mulancodec.allocator import keep_freed_memory
 from mulancodec.api import get_model, pick_device
 
+from benchmarks.measure import centre_crop
 from benchmarks.profiling import CodingProfile
-
-
-def centre_crop(im: np.ndarray, n: int | None) -> np.ndarray:
-    """The centred n x n crop of an image (the whole image when n is None or too large)."""
-    if not n:
-        return im
-    h, w = im.shape[:2]
-    top, left = max(0, (h - n) // 2), max(0, (w - n) // 2)
-    return np.ascontiguousarray(im[top:top + n, left:left + n])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,13 +40,11 @@ class CliError(Exception):
 
 
 def _classify(e: BaseException) -> int | None:
-    from .api import DecodeError, EncodeError
+    from .api import DecodeError, EncodeError, ThreadsMismatch
     from .coding.codecs import CodingError
     from .coding.container import FormatError
     from .image import ImageError
     from .weights import ModelFileError
-
-    from .api import ThreadsMismatch
 
     if isinstance(e, ThreadsMismatch):
         return EXIT_USAGE

@@ -27,6 +27,20 @@ def subpixels(images: Sequence[np.ndarray]) -> int:
     return int(sum(im.size for im in images))
 
 
+def centre_crop(im: np.ndarray, n: int | None) -> np.ndarray:
+    """The centred n x n crop of an image (a side shorter than n is kept whole)."""
+    if not n:
+        return im
+    h, w = im.shape[:2]
+    top, left = max(0, (h - n) // 2), max(0, (w - n) // 2)
+    return np.ascontiguousarray(im[top:top + n, left:left + n])
+
+
+def pixels(images: Sequence[np.ndarray]) -> int:
+    """Pixels (H x W) over all images, whatever their channels."""
+    return int(sum(im.shape[0] * im.shape[1] for im in images))
+
+
 def check_exact(codec: str, index: int, original: np.ndarray, decoded: Any) -> None:
     """Raise BitExactError unless `decoded` is exactly `original` (shape, dtype, values)."""
     dec = np.asarray(decoded)
@@ -49,10 +63,13 @@ class Tally:
     encode_s: float = 0.0
     decode_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    pixels: int = 0  # H x W summed over the images (subpixels / channels)
 
     def row(self, codec: str, steps: int | None = None) -> dict[str, Any]:
-        """The common row fields; times are per image, images_per_s is encode throughput."""
+        """The common row fields; times are per image (and per megapixel), images_per_s is
+        encode throughput."""
         n = max(1, self.n_images)
+        mpx = self.pixels / 1e6
         return {
             "codec": codec,
             "steps": steps,
@@ -64,6 +81,9 @@ class Tally:
             "decode_s": self.decode_s / n,
             "images_per_s": self.n_images / self.encode_s if self.encode_s > 0 else float("inf"),
             "decode_images_per_s": self.n_images / self.decode_s if self.decode_s > 0 else float("inf"),
+            "megapixels": mpx,
+            "encode_s_per_mpx": self.encode_s / mpx if mpx else None,
+            "decode_s_per_mpx": self.decode_s / mpx if mpx else None,
             "bit_exact": True,  # rows exist only for codecs that passed check_exact
             **self.extra,
         }
@@ -85,6 +105,7 @@ def measure_codec(name: str, encode: Callable[[np.ndarray], bytes], decode: Call
         check_exact(name, i, im, out)
         tally.n_images += 1
         tally.subpixels += im.size
+        tally.pixels += im.shape[0] * im.shape[1]
         tally.bytes += len(data)
         tally.encode_s += te
         tally.decode_s += td

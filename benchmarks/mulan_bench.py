@@ -16,7 +16,7 @@ from mulancodec.data import TileSet, image_tiles
 from mulancodec.evaluate import evaluate
 from mulancodec.weights import LoadedModel
 
-from .measure import BitExactError, Tally, bits_per_subpixel, check_exact, subpixels, timed
+from .measure import BitExactError, Tally, bits_per_subpixel, check_exact, pixels, subpixels, timed
 from .profiling import CodingProfile
 
 PER_IMAGE = "mulancodec per-image"
@@ -88,6 +88,7 @@ def run_per_image(images: Sequence[np.ndarray], steps: int, lm: LoadedModel, dev
         check_exact(f"{PER_IMAGE} T={steps}", i, im, out)
         tally.n_images += 1
         tally.subpixels += im.size
+        tally.pixels += im.shape[0] * im.shape[1]
         tally.bytes += len(data)
         tally.encode_s += te
         tally.decode_s += td
@@ -127,6 +128,6 @@ def run_stream(images: Sequence[np.ndarray], steps: int, lm: LoadedModel, device
         "batches": len(st.plan),
         **enc_prof.split(te, n, "encode"),
         **dec_prof.split(td, n, "decode"),
-    })
+    }, pixels(images))
     tick(n)
     return tally.row(STREAM, steps)

@@ -1,4 +1,5 @@
-"""The two pictures a reader looks at: size by codec, and size against encode time."""
+"""The pictures a reader looks at: size by codec, and size against encode time (per image,
+and per megapixel: the frontier, where mulancodec's T trades time for size)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -76,8 +77,61 @@ def frontier(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
     return path
 
 
+def pareto(rows: list[dict[str, Any]], key: str = "encode_s_per_mpx") -> list[bool]:
+    """For each row: is it on the frontier (no other row is both no slower and smaller)?"""
+    pts = [(r.get(key), r["bpd"]) for r in rows]
+    return [t is not None and not any(
+        u is not None and u <= t and b2 <= b and (u, b2) != (t, b) for u, b2 in pts) for t, b in pts]
+
+
+def frontier_mpx(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
+    """Bits per subpixel against encode seconds per megapixel (log x): one curve per
+    mulancodec mode through its T, the classical codecs as points, the frontier dotted.
+    Points above twice the smallest size are drawn on the top edge (a black triangle; the
+    label gives their size)."""
+    key = "encode_s_per_mpx"
+    rows = [r for r in rows if r.get(key)]
+    cap = 2 * min((r["bpd"] for r in rows), default=1.0)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+
+    def y(r: dict[str, Any]) -> float:
+        return min(r["bpd"], cap)
+
+    for r in rows:
+        if r["codec"] not in MULAN_STYLE:
+            ax.plot(r[key], y(r), "D", color="tab:blue")
+            ax.annotate(r["codec"], (r[key], y(r)), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    for codec, (colour, style) in MULAN_STYLE.items():
+        pts = sorted((r for r in rows if r["codec"] == codec), key=lambda r: r["steps"])
+        if pts:
+            ax.plot([r[key] for r in pts], [y(r) for r in pts], style, color=colour, label=codec)
+            for k, r in enumerate(pts):  # labels alternate below/above: close Ts stay readable
+                off = f": {r['bpd']:.1f}" if r["bpd"] > cap else ""
+                ax.annotate(f"T={r['steps']}{off}", (r[key], y(r)), textcoords="offset points",
+                            xytext=(4, -11 if k % 2 == 0 else 5), fontsize=7, color=colour)
+    for r in rows:
+        if r["bpd"] > cap:
+            ax.plot(r[key], cap, "^", color="k", markersize=5)
+    best = sorted((r for r, on in zip(rows, pareto(rows, key)) if on), key=lambda r: r[key])
+    if len(best) > 1:
+        ax.step([r[key] for r in best], [y(r) for r in best], ":", where="post", color="grey",
+                linewidth=1, label="frontier (nothing both faster and smaller)")
+    ax.set_xscale("log")
+    ax.set_xlabel("encode seconds per megapixel (log)")
+    ax.set_ylabel("bits per subpixel (lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def make_all(rows: list[dict[str, Any]], title: str, out: Path) -> list[Path]:
     if not rows:
         return []
     return [bpd_bars(rows, title, out / "bpd_by_codec.png"),
-            frontier(rows, title, out / "bpd_vs_encode_time.png")]
+            frontier(rows, title, out / "bpd_vs_encode_time.png"),
+            frontier_mpx(rows, title, out / "frontier.png")]

@@ -123,6 +123,26 @@ def per_image_table(rows: list[dict[str, Any]]) -> str:
     return _table(header, lines)
 
 
+def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The frontier plot's data: every row as (codec, T, bits/subpixel, encode and decode
+    seconds per megapixel, on the frontier or not), fastest first."""
+    from .plots import pareto
+
+    on = pareto(rows)
+    pts = [{"codec": r["codec"], "steps": r.get("steps"), "bpd": r["bpd"],
+            "encode_s_per_mpx": r.get("encode_s_per_mpx"), "decode_s_per_mpx": r.get("decode_s_per_mpx"),
+            "frontier": f} for r, f in zip(rows, on)]
+    return sorted(pts, key=lambda p: (p["encode_s_per_mpx"] is None, p["encode_s_per_mpx"] or 0.0))
+
+
+def frontier_table(points: list[dict[str, Any]]) -> str:
+    header = ["Codec", "T", "bits/subpixel", "encode s/MP", "decode s/MP", "on the frontier"]
+    lines = [[p["codec"], "" if p["steps"] is None else str(p["steps"]), _f(p["bpd"]),
+              _secs(p["encode_s_per_mpx"]), _secs(p["decode_s_per_mpx"]), "yes" if p["frontier"] else ""]
+             for p in points]
+    return _table(header, lines)
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     hw = meta["hardware"]
     where = hw.get("gpu") or hw["cpu"]
@@ -139,6 +159,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "Times are per image, wall clock; img/s = images per second of encoding (decoding). "
         "Every output was decoded and checked bit-exact.",
     ]
+    if meta.get("frontier"):
+        parts += ["", "## Size against encode time (frontier.png)", "", frontier_table(meta["frontier"]), "",
+                  "s/MP = seconds per megapixel (10^6 pixels, H x W). On the frontier: no other row is "
+                  "both as fast or faster and as small or smaller."]
     if any("encode_network_s" in r for r in rows):
         parts += ["", "## Where mulancodec's time goes (seconds per image)", "", time_table(rows)]
     if any("bits_back_bpd" in r for r in rows):

@@ -18,7 +18,7 @@ import os as _os
 
 _os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-from .api import (DecodeError, EncodeError, EncodeStats, MissingModelError, compress, compress_many, compress_many_with_stats,
+from .api import (DecodeError, EncodeError, EncodeStats, MissingModelError, ThreadsMismatch, compress, compress_many, compress_many_with_stats,
                   compress_with_stats, decompress, decompress_image, decompress_many, decompress_pictures,
                   read_header)
 from .coding.container import FormatError
@@ -27,7 +27,7 @@ from .weights import ModelFileError, load_model, shipped_models
 
 __all__ = ["__version__", "compress", "compress_many", "compress_many_with_stats", "compress_with_stats", "decompress",
            "decompress_image", "decompress_many", "decompress_pictures", "read_header", "load_model",
-           "shipped_models", "MissingModelError", "DecodeError", "EncodeError", "EncodeStats", "FormatError", "ImageError", "ModelFileError"]
+           "shipped_models", "MissingModelError", "ThreadsMismatch", "DecodeError", "EncodeError", "EncodeStats", "FormatError", "ImageError", "ModelFileError"]
 
 from .pillow_plugin import register as _register_pillow
 

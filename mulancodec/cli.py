@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from . import __version__
+from .parallel import run_all
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPT = 0, 1, 2, 3, 4, 5, 130
 EXIT_CODES = """\b
@@ -39,12 +40,14 @@ class CliError(Exception):
 
 
 def _classify(e: BaseException) -> int | None:
-    from .api import DecodeError, EncodeError
+    from .api import DecodeError, EncodeError, ThreadsMismatch
     from .coding.codecs import CodingError
     from .coding.container import FormatError
     from .image import ImageError
     from .weights import ModelFileError
 
+    if isinstance(e, ThreadsMismatch):
+        return EXIT_USAGE
     if isinstance(e, ModelFileError):
         return EXIT_MODEL
     if isinstance(e, DecodeError) and "model" in str(e) and "made with" in str(e):
@@ -72,14 +75,45 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as e:  # noqa: BLE001 - the point is to never show a traceback
             if os.environ.get("MULANCODEC_DEBUG"):
                 raise
-            code = _classify(e)
-            if code is None:
-                code = EXIT_OUTPUT if isinstance(e, OSError) else EXIT_ERROR
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg, code = _failure(e)
             click.echo(f"mulancodec: error: {msg}", err=True)
             sys.exit(code)
 
     return wrapper
+
+
+def _failure(e: Exception) -> tuple[str, int]:
+    """An exception as (one line, exit code)."""
+    if isinstance(e, CliError):
+        return str(e), e.code
+    if isinstance(e, click.UsageError):
+        return e.format_message(), EXIT_USAGE
+    code = _classify(e)
+    if code is None:
+        code = EXIT_OUTPUT if isinstance(e, OSError) else EXIT_ERROR
+    return (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__), code
+
+
+def per_file(fn: Callable[..., Any], *args: Any) -> tuple[Any, str | None, int]:
+    """fn(*args) as (result, None, 0), or a failure as (None, one line, exit code): one file's
+    problem must not stop the others (nor cross a process boundary as an exception)."""
+    try:
+        return fn(*args), None, EXIT_OK
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - reported as that file's one-line error
+        if os.environ.get("MULANCODEC_DEBUG") and not isinstance(e, (CliError, click.UsageError)):
+            raise
+        return (None, *_failure(e))
+
+
+def _worker_died(e: BaseException) -> tuple[None, str, int]:
+    return None, f"its worker process died ({type(e).__name__})", EXIT_ERROR
+
+
+def _file_error(src: str, err: str) -> None:
+    """One file's one-line error, naming the file (once)."""
+    click.echo(f"mulancodec: error: {err if err.startswith(src + ':') else f'{src}: {err}'}", err=True)
 
 
 # -- output helpers ---------------------------------------------------------------------
@@ -208,6 +242,9 @@ _common_force = click.option("-f", "--force", is_flag=True, help="Overwrite exis
 _common_pixels = click.option("--max-pixels", type=int, default=None,
                               help="Refuse images (or files) with more pixels than this (default 2^28; "
                                    "0 = no limit).")
+_common_jobs = click.option("-j", "--jobs", "jobs_n", type=click.IntRange(min=1), default=1, show_default=True,
+                            help="Code this many files at once, in worker processes (each file's "
+                                 "output is the same as with -j 1 and the same --threads).")
 
 
 @main.command(epilog=EXIT_CODES)
@@ -223,6 +260,10 @@ _common_pixels = click.option("--max-pixels", type=int, default=None,
 @click.option("--strip", is_flag=True,
               help="Drop metadata (ICC profile, EXIF, XMP, text chunks, dpi, gAMA/cHRM/sRGB); "
                    "by default it is kept and restored on decode.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Torch CPU threads per file (default: torch's count, or 1 per worker with -j > 1). "
+                   "The file records it and, until files are machine-independent, decodes only with it.")
+@_common_jobs
 @_common_model
 @_common_device
 @_common_force
@@ -231,10 +272,16 @@ _common_pixels = click.option("--max-pixels", type=int, default=None,
 @_common_pixels
 @guarded
 def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int | None,
-           no_fallback: bool, as_json: bool, strip: bool, model_path: str | None, device: str | None,
-           force: bool, quiet: bool, verbose: bool, max_pixels: int | None) -> None:
-    """Compress images (PNG, TIFF, BMP, ... or '-' for stdin) to .mlc files."""
-    from .api import compress_with_stats, compress_many, get_model, pick_device
+           no_fallback: bool, as_json: bool, strip: bool, threads: int | None, jobs_n: int,
+           model_path: str | None, device: str | None, force: bool, quiet: bool, verbose: bool,
+           max_pixels: int | None) -> None:
+    """Compress images (PNG, TIFF, BMP, ... or '-' for stdin) to .mlc files.
+
+    With several files, a file that fails is reported on its own line and the others are
+    still written; the exit code is then the worst met.
+    """
+    from .allocator import keep_freed_memory
+    from .api import get_model, pick_device
     from .image import probe
 
     for src in inputs:  # every input is checked (format, size, mode) before any work or output
@@ -245,25 +292,53 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
         check_target(out, srcs, force)
     dev = pick_device(device)
     lm = get_model(model_path, dev)
-    for srcs, out in jobs:
-        images = [_image_input(s) for s in srcs]
-        with progress_bar(_tiles(images, lm.config.tile), quiet or as_json, "encode") as bar:
-            if stream:
-                names = [Path(s).name.replace("\n", " ") if s != "-" else "" for s in srcs]
-                data = compress_many(images, steps=steps, device=dev, model=lm, max_pixels=max_pixels,
-                                     names=names, progress=bar, strip=strip)
-                info = {"bytes": len(data), "images": len(images)}
-            else:
-                data, st = compress_with_stats(images[0], steps=steps, device=dev, model=lm,
-                                               fallback=not no_fallback, max_pixels=max_pixels,
-                                               progress=bar, strip=strip)
-                info = {"bytes": st.bytes, "bpd": round(st.bpd, 4), "embedded": st.embedded,
-                        "bits_back_bytes": st.bits_back_bytes, "tiles": st.tiles}
-        if out != "-" and output is not None and output.endswith("/"):
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-        emit(out, data, force)
-        _report_encode({"input": srcs[0] if len(srcs) == 1 else srcs, "output": out, **info},
-                       as_json, quiet, verbose)
+    keep_freed_memory()
+    opts = {"stream": stream, "steps": steps, "fallback": not no_fallback, "strip": strip,
+            "threads": threads or (1 if jobs_n > 1 else None), "device": str(dev), "force": force,
+            "max_pixels": max_pixels, "mkdir": output is not None and output.endswith("/"),
+            "bar": not (quiet or as_json)}
+    report = functools.partial(_report_encode, as_json=as_json, quiet=quiet, verbose=verbose)
+    if len(jobs) == 1:  # errors as one line each, as they always were
+        report(_encode_file(jobs[0][0], jobs[0][1], opts, lm))
+        return
+    workers = min(jobs_n, len(jobs))
+    model = lm if workers == 1 else str(lm.path)
+    opts["bar"] = opts["bar"] and workers == 1
+    tasks = [(_encode_file, srcs, out, opts, model) for srcs, out in jobs]
+    worst = EXIT_OK
+    for (srcs, _), (info, err, code) in zip(jobs, run_all(per_file, tasks, workers, opts["threads"],
+                                                           _worker_died)):
+        if err is None:
+            report(info)
+        else:
+            _file_error(srcs[0], err)
+            worst = max(worst, code)
+    if worst:
+        sys.exit(worst)
+
+
+def _encode_file(srcs: list[str], out: str, opts: dict[str, Any], model: Any) -> dict[str, Any]:
+    """Encode one output file (a stream of `srcs`, or its one image); returns what to report."""
+    from .api import compress_many, compress_with_stats, get_model, pick_device
+
+    dev = pick_device(opts["device"])
+    lm = get_model(model, dev)
+    images = [_image_input(s) for s in srcs]
+    kw = dict(steps=opts["steps"], device=dev, model=lm, max_pixels=opts["max_pixels"],
+              strip=opts["strip"], threads=opts["threads"])
+    with progress_bar(_tiles(images, lm.config.tile), not opts["bar"], "encode") as bar:
+        if opts["stream"]:
+            names = [Path(s).name.replace("\n", " ") if s != "-" else "" for s in srcs]
+            data = compress_many(images, names=names, progress=bar, **kw)
+            info: dict[str, Any] = {"bytes": len(data), "images": len(images)}
+        else:
+            data, st = compress_with_stats(images[0], fallback=opts["fallback"], progress=bar, **kw)
+            info = {"bytes": st.bytes, "bpd": round(st.bpd, 4), "embedded": st.embedded,
+                    "bits_back_bytes": st.bits_back_bytes, "tiles": st.tiles}
+    if out != "-" and opts["mkdir"]:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    emit(out, data, opts["force"])
+    return {"input": srcs[0] if len(srcs) == 1 else srcs, "output": out, **info}
 
 
 def _encode_jobs(inputs: tuple[str, ...], output: str | None, stream: bool) -> list[tuple[list[str], str]]:
@@ -339,11 +414,16 @@ _common_work = click.option("--max-work", type=click.IntRange(min=0), default=No
 
 
 @main.command(epilog=EXIT_CODES)
-@click.argument("input")
+@click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", default=None,
-              help="Image file ('-' for stdout as PNG); a folder for a stream (default: beside the input).")
+              help="Image file ('-' for stdout as PNG); a folder for a stream or for several inputs "
+                   "(default: beside each input).")
 @click.option("--format", "fmt", type=click.Choice(["PNG", "WEBP", "TIFF", "BMP", "PPM"]), default=None,
               help="Image format (default: from the output's suffix, else PNG).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Torch CPU threads (default: the count the file was made with, the only one it "
+                   "decodes with until files are machine-independent).")
+@_common_jobs
 @_common_model
 @_common_device
 @_common_force
@@ -351,46 +431,109 @@ _common_work = click.option("--max-work", type=click.IntRange(min=0), default=No
 @_common_pixels
 @_common_work
 @guarded
-def decode(input: str, output: str | None, fmt: str | None, model_path: str | None, device: str | None,
-           force: bool, quiet: bool, max_pixels: int | None, max_work: int | None) -> None:
-    """Decompress an .mlc file (or '-' for stdin) back to the exact original image(s)."""
+def decode(inputs: tuple[str, ...], output: str | None, fmt: str | None, threads: int | None,
+           jobs_n: int, model_path: str | None, device: str | None, force: bool, quiet: bool,
+           max_pixels: int | None, max_work: int | None) -> None:
+    """Decompress .mlc files (or '-' for stdin) back to the exact original image(s).
+
+    \b
+    One input: -o names the image (a folder for a stream of several images).
+    Several inputs: -o is a folder (default: beside each input); a file of one image
+    becomes FOLDER/NAME.png, a stream FOLDER/NAME/ with one image per stored name. A file
+    that fails is reported on its own line and the others are still written; the exit
+    code is then the worst met.
+    """
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()
+    opts = {"fmt": fmt, "threads": threads, "model": model_path, "device": device, "force": force,
+            "max_pixels": max_pixels, "max_work": max_work, "bar": not quiet}
+    if len(inputs) == 1:
+        line = _decode_file(inputs[0], output, False, opts)
+        if not quiet and line:
+            click.echo(line, err=True)
+        return
+    folders = _decode_folders(inputs, output)
+    workers = min(jobs_n, len(inputs))
+    opts["bar"] = opts["bar"] and workers == 1
+    tasks = [(_decode_file, src, folder, True, opts) for src, folder in zip(inputs, folders)]
+    worst = EXIT_OK
+    for src, (line, err, code) in zip(inputs, run_all(per_file, tasks, workers, None, _worker_died)):
+        if err is not None:
+            _file_error(src, err)
+            worst = max(worst, code)
+        elif not quiet:
+            click.echo(line, err=True)
+    if worst:
+        sys.exit(worst)
+
+
+def _decode_folders(inputs: tuple[str, ...], output: str | None) -> list[str]:
+    """The folder each of several inputs decodes into (checked before any work)."""
+    if "-" in inputs:
+        raise click.UsageError("'-' (stdin) can only be used as the only input")
+    if output is not None and (output == "-" or not (output.endswith("/") or Path(output).is_dir())):
+        raise click.UsageError("several inputs need -o FOLDER/ (or no -o: beside each input)")
+    folders = [output or str(Path(src).parent) for src in inputs]
+    stems = [(str(Path(f)), Path(src).stem) for f, src in zip(folders, inputs)]
+    if len(set(stems)) != len(stems):
+        raise click.UsageError("two inputs would write the same output name")
+    return folders
+
+
+def _decode_targets(src: str, output: str | None, several: bool, h: Any,
+                    fmt: str | None) -> tuple[list[str], str | None]:
+    """The image files one input decodes to, and the folder to create for them (or None).
+
+    One input: `output` as given (a file, '-', or a folder). One of several: `output` is
+    the folder; a stream goes into a subfolder named after the input.
+    """
+    n = len(h.images)
+    ext = "." + (fmt or "PNG").lower().replace("tiff", "tif")
+    if several:
+        if n == 1:
+            return [str(Path(output or ".") / (Path(src).stem + ext))], output  # type: ignore[arg-type]
+        output = str(Path(output or ".") / Path(src).stem)
+    elif n == 1:
+        out = output or ("-" if src == "-" else str(Path(src).with_suffix(".png")))
+        if out != "-" and (out.endswith("/") or Path(out).is_dir()):
+            out = str(Path(out) / (Path(src).stem + ".png"))
+        mkdir = output if output is not None and output != "-" and output.endswith("/") else None
+        return [out], mkdir
+    elif output is None or output == "-":
+        raise click.UsageError(f"{src} holds {n} images: give -o FOLDER/")
+    outdir = Path(output)
+    if outdir.exists() and not outdir.is_dir():
+        raise CliError(f"{output}: holds {n} images, so -o must be a folder", EXIT_OUTPUT)
+    targets = [str(outdir / ((_safe_stem(rec.name) or f"{i:06d}") + ext)) for i, rec in enumerate(h.images)]
+    if len(set(targets)) != n:
+        targets = [str(outdir / f"{i:06d}{ext}") for i in range(n)]
+    return targets, output
+
+
+def _decode_file(src: str, output: str | None, several: bool, opts: dict[str, Any]) -> str:
+    """Decode one input and write its image(s); returns the line to report ("" for none)."""
     from .api import check_work, decompress_pictures, read_header
     from .coding.container import tiles_in
 
-    data = read_input(input)
-    h = read_header(data, max_pixels)
-    check_work(h, max_work)
-    n = len(h.images)
-    if n == 1:
-        out = output or ("-" if input == "-" else str(Path(input).with_suffix(".png")))
-        if out != "-" and (out.endswith("/") or Path(out).is_dir()):
-            out = str(Path(out) / (Path(input).stem + ".png"))
-        targets = [out]
-    else:
-        if output is None or output == "-":
-            raise click.UsageError(f"{input} holds {n} images: give -o FOLDER/")
-        outdir = Path(output)
-        if outdir.exists() and not outdir.is_dir():
-            raise CliError(f"{output}: holds {n} images, so -o must be a folder", EXIT_OUTPUT)
-        ext = "." + (fmt or "PNG").lower().replace("tiff", "tif")
-        targets = []
-        for i, rec in enumerate(h.images):
-            base = _safe_stem(rec.name) or f"{i:06d}"
-            targets.append(str(outdir / (base + ext)))
-        if len(set(targets)) != n:
-            targets = [str(outdir / f"{i:06d}{ext}") for i in range(n)]
+    data = read_input(src)
+    h = read_header(data, opts["max_pixels"])
+    check_work(h, opts["max_work"])
+    targets, folder = _decode_targets(src, output, several, h, opts["fmt"])
     for t in targets:
-        check_target(t, [input], force)
-    with progress_bar(sum(tiles_in(r, h.tile) for r in h.images), quiet, "decode") as bar:
-        pics = decompress_pictures(data, device=device, model=model_path, max_pixels=max_pixels,
-                                   max_work=max_work, progress=bar)
-    blobs = [_render_image(pic, t, fmt) for pic, t in zip(pics, targets)]  # fail before writing
-    if n > 1 or (output is not None and output != "-" and output.endswith("/")):
-        Path(output).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+        check_target(t, [src], opts["force"])
+    with progress_bar(sum(tiles_in(r, h.tile) for r in h.images), not opts["bar"], "decode") as bar:
+        pics = decompress_pictures(data, device=opts["device"], model=opts["model"],
+                                   max_pixels=opts["max_pixels"], max_work=opts["max_work"],
+                                   progress=bar, threads=opts["threads"])
+    blobs = [_render_image(pic, t, opts["fmt"]) for pic, t in zip(pics, targets)]  # fail before writing
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
     for blob, t in zip(blobs, targets):
-        emit(t, blob, force)
-    if not quiet and targets != ["-"]:
-        click.echo(f"{input} -> {targets[0] if n == 1 else f'{n} images in {output}'}", err=True)
+        emit(t, blob, opts["force"])
+    if targets == ["-"]:
+        return ""
+    return f"{src} -> {targets[0] if len(targets) == 1 else f'{len(targets)} images in {folder}'}"
 
 
 @main.command(epilog=EXIT_CODES)

@@ -61,8 +61,16 @@ def test_end_to_end_tiny(tmp_path, tiny_model_path):
     assert meta["hardware"]["torch_threads"] == 1
     md = (out / "results.md").read_text()
     assert "| mulancodec stream | 2 |" in md
-    for png in ("bpd_by_codec.png", "bpd_vs_encode_time.png"):
+    for png in ("bpd_by_codec.png", "bpd_vs_encode_time.png", "frontier.png"):
         assert (out / png).stat().st_size > 1000
+    mpx = (16 * 16 + 20 * 24 + 16 * 16) / 1e6
+    for r in rows:
+        assert r["encode_s_per_mpx"] == pytest.approx(r["encode_s"] * 3 / mpx)
+    points = meta["frontier"]
+    assert len(points) == len(rows) and any(p["frontier"] for p in points)
+    assert [p["encode_s_per_mpx"] for p in points] == sorted(p["encode_s_per_mpx"] for p in points)
+    assert {(p["codec"], p["steps"]) for p in points} == {(r["codec"], r["steps"]) for r in rows}
+    assert "## Size against encode time (frontier.png)" in md
 
 
 def test_bpd_hand_computed():
@@ -140,3 +148,26 @@ def test_runs_as_a_script(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "| PNG |" in p.stdout and (out / "results.json").exists()
+
+
+def test_crop_takes_centred_crops(tmp_path):
+    data = _png_folder(tmp_path, [(16, 24), (6, 40)])
+    out = tmp_path / "o"
+    assert run.main(["--data", str(data), "--codecs", "PNG", "--no-mulan", "--out", str(out),
+                     "--no-progress", "--crop", "8"]) == 0
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["crop"] == 8 and meta["images"]["sizes"] == {"8x8": 1, "6x8": 1}
+    assert (out / "frontier.png").exists()
+    assert run.main(["--data", str(data), "--crop", "0", "--no-mulan"]) == run.EXIT_USAGE
+    im = np.arange(5 * 7).reshape(5, 7).astype(np.uint8)
+    assert np.array_equal(measure.centre_crop(im, 3), im[1:4, 2:5])
+
+
+def test_frontier_points():
+    from benchmarks.plots import pareto
+
+    rows = [{"codec": "fast big", "bpd": 6.0, "encode_s_per_mpx": 0.1},
+            {"codec": "slow small", "bpd": 4.0, "encode_s_per_mpx": 10.0},
+            {"codec": "slow big", "bpd": 6.5, "encode_s_per_mpx": 20.0},
+            {"codec": "no time", "bpd": 3.0, "encode_s_per_mpx": None}]
+    assert pareto(rows) == [True, True, False, False]

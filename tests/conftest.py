@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 CIFAR_TEST = SHARED / "cifar10" / "test.npz"
 CIFAR_TRAIN0 = SHARED / "cifar10" / "train_0.npz"
-# The shipped CIFAR-10 model (the golden files and the rate test are made with it).
-CIFAR10_MODEL = ROOT / "models" / "cifar10" / "model.safetensors"
+# The first shipped CIFAR-10 model, fixed reverse variance (the golden files and the rate
+# test are made with it), and its successor trained for T with learned variances.
+CIFAR10_MODEL = ROOT / "models" / "cifar10-v1" / "model.safetensors"
+CIFAR10_LV_MODEL = ROOT / "models" / "cifar10" / "model.safetensors"
 
 
 def make_tiny_model(seed: int = 0, config: str = "tiny", noise: float = 0.02):

@@ -19,7 +19,7 @@ from mulancodec.coding.bitsback import ChainSpec, TileBatch, encode_batch
 from mulancodec.coding.codecs import Stack
 from mulancodec.image import TileJob
 
-from conftest import CIFAR10_MODEL, smooth_image
+from conftest import CIFAR10_LV_MODEL, CIFAR10_MODEL, smooth_image
 
 T = 20
 # The coder may cost a little more than -ELBO_T (measured +0.18 bpd at T = 20 here: the
@@ -61,13 +61,13 @@ def learned_variance_model(model):
     return lv
 
 
-@pytest.fixture(scope="module", params=["fixed variance", "learned variance"])
+@pytest.fixture(scope="module", params=["fixed variance", "learned variance", "T-trained"])
 def setup(request):
     """A trained model (a random one's -ELBO_T is too heavy-tailed to estimate) on smooth tiles."""
     from mulancodec.weights import load_model
 
     torch.set_num_threads(1)
-    model = load_model(CIFAR10_MODEL).model
+    model = load_model(CIFAR10_LV_MODEL if request.param == "T-trained" else CIFAR10_MODEL).model
     if request.param == "learned variance":
         model = learned_variance_model(model)
     S = model.cfg.tile

@@ -23,6 +23,8 @@ CIFAR_TEST = SHARED / "cifar10" / "test.npz"
 CIFAR_TRAIN0 = SHARED / "cifar10" / "train_0.npz"
 # The shipped CIFAR-10 model (the golden files and the rate test are made with it).
 CIFAR10_MODEL = ROOT / "models" / "cifar10" / "model.safetensors"
+# Its integer model (format version 3 files; the version-3 golden files are made with it).
+CIFAR10_INT_MODEL = ROOT / "models" / "cifar10-int" / "model.safetensors"
 
 
 def make_tiny_model(seed: int = 0, config: str = "tiny", noise: float = 0.02):

@@ -182,7 +182,8 @@ class QConv(nn.Module):
         self.stride, self.padding, self.wlimbs = stride, padding, wlimbs
         self.groups = list(groups) if groups is not None else [(cin, 1)]
         assert sum(n for n, _ in self.groups) == cin
-        self.register_buffer("weight", torch.zeros(cout, cin, k, k, dtype=torch.int32))
+        wtype = torch.int16 if wlimbs == 1 else torch.int32  # |w| <= 255, or two limbs
+        self.register_buffer("weight", torch.zeros(cout, cin, k, k, dtype=wtype))
         self.register_buffer("g_scale", torch.ones(len(self.groups), cout, dtype=torch.float64))
         self.register_buffer("bias", torch.zeros(cout, dtype=torch.float64))
 
@@ -216,7 +217,7 @@ class QConv(nn.Module):
             q = torch.round(w[:, lo:hi] / scale.view(-1, 1, 1, 1))
             for part in split_weight(q, self.wlimbs):  # every partial sum is exact
                 assert int(part.abs().flatten(1).sum(1).max()) <= WEIGHT_BUDGET
-            self.weight[:, lo:hi] = q.to(torch.int32)
+            self.weight[:, lo:hi] = q.to(self.weight.dtype)
             self.g_scale[g] = scale
         self.bias.copy_(conv.bias.detach().double() if conv.bias is not None else 0.0)
 

@@ -586,15 +586,18 @@ def demo(image: str | None, steps: int | None, model_path: str | None, device: s
 @click.option("--init", default=None,
               help="Start a new run from this model file's weights (e.g. a context model from a "
                    "model without context: the context inputs start at zero).")
+@click.option("--quantize", "quantize_", is_flag=True,
+              help="Quantisation-aware training: round as the integer model will (fine-tune a "
+                   "model with --init, then make its integer model with `mulancodec quantize`).")
 def train(data: tuple[str, ...], out: Path, config: str | None, max_steps: int | None,
           minutes: float | None, resume: bool, eval_data: tuple[str, ...], device: str | None,
-          compile_: bool, compact: bool, init: str | None) -> None:
+          compile_: bool, compact: bool, init: str | None, quantize_: bool) -> None:
     """Train (or resume) a MuLAN model; works under torchrun for several GPUs."""
     from .train import TrainArgs, train as run
 
     try:
         code = run(TrainArgs(list(data), out, config, max_steps, minutes, resume, list(eval_data),
-                             device, compile_, compact=compact, init=init))
+                             device, compile_, compact=compact, init=init, quantize=quantize_))
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     sys.exit(code)

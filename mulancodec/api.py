@@ -357,6 +357,9 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
                               "(the model's float results differ between cpu and cuda)")
         dev = torch.device(h.backend)
         lm = model_for_file(model, h.model_id, dev)
+        if exact.is_exact(lm.model):
+            raise DecodeError(f"this file (format version {h.version}) needs a float model, and "
+                              f"{lm.path} is an integer one")
         if lm.config.tile != h.tile:
             raise DecodeError("tile size in the file does not match the model")
     pics: list[img.Picture | None] = [None] * len(h.images)

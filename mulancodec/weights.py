@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from .model.configs import ModelConfig
 from .model.integer import SCHEME, IntegerMuLAN
+from .model.intops import QConv
 from .model.mulan import MuLAN
 
 ENV_MODEL = "MULANCODEC_MODEL"
@@ -158,6 +159,8 @@ def _load_integer(p: Path, meta: dict[str, str], device: str | torch.device) -> 
     state = _read_checked(p, lambda: IntegerMuLAN(cfg), dtypes=True)
     model = IntegerMuLAN(cfg)
     model.load_state_dict(state, strict=True)
+    if not all(m.exact() for m in model.modules() if isinstance(m, QConv)):
+        raise ModelFileError(f"{p}: weights beyond what exact integer sums allow")
     model.eval().requires_grad_(False).to(device).prepare()
     mid = integer_model_id(meta["config"], meta["scheme"], state)
     return LoadedModel(model, cfg, mid, p, meta)

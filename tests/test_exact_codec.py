@@ -122,6 +122,11 @@ def test_integer_model_file_is_checked(int_path, tmp_path):
     save_file(state, str(bad), metadata={**meta, "scheme": "99"})
     with pytest.raises(ModelFileError, match="integer scheme"):
         load_model(bad)
+    big = state[key].clone()
+    big[0, 0, 0, 0] = 256  # beyond a limb: not exact in bf16/TF32 inputs, nor within the budget
+    save_file({**state, key: big}, str(bad), metadata=meta)
+    with pytest.raises(ModelFileError, match="exact integer sums"):
+        load_model(bad)
 
 
 # -- across processes ----------------------------------------------------------------------

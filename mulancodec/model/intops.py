@@ -221,6 +221,17 @@ class QConv(nn.Module):
             self.g_scale[g] = scale
         self.bias.copy_(conv.bias.detach().double() if conv.bias is not None else 0.0)
 
+    def exact(self) -> bool:
+        """Whether every partial sum is provably exact: weight limbs within +-255 and each
+        output's within the budget, and finite positive scales (a loaded file is checked)."""
+        for lo, hi, _ in self._spans():
+            for part in split_weight(self.weight[:, lo:hi].double(), self.wlimbs):
+                mag = part.abs().flatten(1)
+                if float(mag.max()) > LIMB_MAX or float(mag.sum(1).max()) > WEIGHT_BUDGET:
+                    return False
+        return bool(torch.isfinite(self.g_scale).all() and (self.g_scale > 0).all()
+                    and torch.isfinite(self.bias).all())
+
     def _conv(self, x: Tensor, w: Tensor) -> Tensor:
         dt = _CARRIER.get()
         if x.shape[1] < 32 or w.shape[0] < 8:  # oneDNN is far faster so for few channels

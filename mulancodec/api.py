@@ -21,7 +21,7 @@ from .coding import codecs as _codecs
 from .coding import container as fmt
 from .coding.bitsback import ChainSpec
 from .coding.codecs import CodingError
-from .coding.determinism import deterministic
+from .coding import exact
 from .jxl import JxlUnavailable
 from .metadata import Metadata, MetadataError
 from .coding.stream import Encoded, TileContext, decode_tiles, encode_tiles
@@ -61,7 +61,7 @@ _MODELS: dict[tuple[str, str], LoadedModel] = {}
 def get_model(model: "str | os.PathLike | LoadedModel | None", device: torch.device) -> LoadedModel:
     """Load (once per path and device) the given model, or the shipped default."""
     if isinstance(model, LoadedModel):
-        if model.model.denoiser.conv_in.weight.device.type != device.type:
+        if next(iter(model.model.state_dict().values())).device.type != device.type:
             model.model.to(device)
         return model
     key = (str(model or os.environ.get("MULANCODEC_MODEL") or "<default>"), str(device))
@@ -207,12 +207,14 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
     jobs = _tiles(pics, recs, tile)
     threads = threads or min(torch.get_num_threads(), fmt.MAX_THREADS)
     header = fmt.Header(lm.model_id, dev.type, False, threads, env_tag(dev), T, spec.kappa,
-                        spec.window, spec.latent_delta, tile, recs, checksum=_stream_checksum(pics))
+                        spec.window, spec.latent_delta, tile, recs, checksum=_stream_checksum(pics),
+                        version=exact.file_version(lm.model))
     enc = Encoded(np.zeros(0, np.uint32), [], 0, 0, 0)
     if jobs:
         mb = max_batch or (256 if dev.type == "cuda" else 16)
-        with deterministic(dev, threads):
-            enc = encode_tiles(lm.model, spec, jobs, tile, dev, mb, progress, _context(lm, jobs, pics))
+        with exact.coding(lm.model, dev, threads):
+            enc = encode_tiles(lm.model, spec, jobs, tile, exact.chain_device(lm.model, dev), mb,
+                               progress, _context(lm, jobs, pics))
         header.plan, header.seed_words, header.stripped = enc.plan, enc.seed_words, enc.stripped
         header.direct = enc.direct
     data = fmt.write(header, enc.payload)
@@ -355,7 +357,16 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
     h, payload = fmt.read(bytes(data), limit)
     check_work(h, max_work)
     coded = any(rec.method == fmt.METHOD_MODEL for rec in h.images)
-    if coded:  # everything that can refuse the file cheaply, before any per-tile allocation
+    if coded and h.version >= 3:  # an integer model's file: any device, any thread count
+        check_threads(threads)
+        dev = pick_device(device)
+        lm = model_for_file(model, h.model_id, dev)
+        if not exact.is_exact(lm.model):
+            raise DecodeError("this file (format version 3) needs an integer model, and "
+                              f"{lm.path} is a float one")
+        if lm.config.tile != h.tile:
+            raise DecodeError("tile size in the file does not match the model")
+    elif coded:  # everything that can refuse the file cheaply, before any per-tile allocation
         _check_decode_threads(h, threads)
         if device is not None and torch.device(device).type != h.backend:
             raise DecodeError(f"this file was encoded on {h.backend}; it decodes only on "
@@ -368,6 +379,9 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
                               "(the model's float results differ between cpu and cuda)")
         dev = torch.device(h.backend)
         lm = model_for_file(model, h.model_id, dev)
+        if exact.is_exact(lm.model):
+            raise DecodeError(f"this file (format version {h.version}) needs a float model, and "
+                              f"{lm.path} is an integer one")
         if lm.config.tile != h.tile:
             raise DecodeError("tile size in the file does not match the model")
     pics: list[img.Picture | None] = [None] * len(h.images)
@@ -379,9 +393,9 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
         spec = ChainSpec(h.steps, h.kappa, h.window, h.latent_delta)
         enc = Encoded(payload, h.plan, h.seed_words, h.stripped, 0, h.direct)
         try:
-            with deterministic(dev, h.threads):
-                tiles = decode_tiles(lm.model, spec, jobs, h.tile, dev, enc, progress,
-                                     _context(lm, jobs, None))
+            with exact.coding(lm.model, dev, (threads or 0) if h.version >= 3 else h.threads):
+                tiles = decode_tiles(lm.model, spec, jobs, h.tile, exact.chain_device(lm.model, dev),
+                                     enc, progress, _context(lm, jobs, None))
         except CodingError as e:
             raise DecodeError(_with_env_hint(str(e), h, dev)) from None
         canvases = {i: np.zeros((h.images[i].height, h.images[i].width, 3), np.uint8)
@@ -402,7 +416,8 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
             else _stream_checksum(out)) != h.checksum:
         msg = "pixel checksum mismatch: refusing to return wrong pixels"
         # the environment hint only concerns model-coded images (and needs the backend present)
-        raise DecodeError(_with_env_hint(msg, h, torch.device(h.backend)) if jobs else msg)
+        backend = torch.device(h.backend if h.version < 3 else "cpu")
+        raise DecodeError(_with_env_hint(msg, h, backend) if jobs else msg)
     return out
 
 
@@ -418,7 +433,7 @@ def _check_decode_threads(h: fmt.Header, threads: int | None) -> None:
 
 def _with_env_hint(msg: str, h: fmt.Header, dev: torch.device) -> str:
     """A failed decode's message, with what in this environment differs from the encoder's."""
-    if h.env_tag != env_tag(dev):
+    if h.version < 3 and h.env_tag != env_tag(dev):
         msg += (" (the file was encoded with a different torch version or CPU/GPU kind, "
                 "which changes the model's float results; decode it where it was encoded)")
     have = _codecs.constriction_version()

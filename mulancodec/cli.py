@@ -554,7 +554,9 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
     d = {
         "file": file, "bytes": len(data), "format_version": h.version, "compact": bool(h.compact),
         "model_id": h.model_id,
-        "backend": h.backend, "precision": "bf16" if h.bf16 else "fp32", "threads": h.threads,
+        # version 3 (an integer model's file) pins no backend, precision or thread count
+        "backend": h.backend, "precision": "integer" if h.version >= 3 else "bf16" if h.bf16 else "fp32",
+        "threads": h.threads or None,
         "steps": h.steps, "tile": h.tile, "kappa": h.kappa, "images": len(h.images),
         "bits_per_subpixel": round(8 * len(data) / sub, 4),
         "batches": len(h.plan), "seed_words": h.seed_words,
@@ -727,15 +729,18 @@ def demo(image: str | None, steps: int | None, model_path: str | None, device: s
 @click.option("--init", default=None,
               help="Start a new run from this model file's weights (e.g. a context model from a "
                    "model without context: the context inputs start at zero).")
+@click.option("--quantize", "quantize_", is_flag=True,
+              help="Quantisation-aware training: round as the integer model will (fine-tune a "
+                   "model with --init, then make its integer model with `mulancodec quantize`).")
 def train(data: tuple[str, ...], out: Path, config: str | None, max_steps: int | None,
           minutes: float | None, resume: bool, eval_data: tuple[str, ...], device: str | None,
-          compile_: bool, compact: bool, init: str | None) -> None:
+          compile_: bool, compact: bool, init: str | None, quantize_: bool) -> None:
     """Train (or resume) a MuLAN model; works under torchrun for several GPUs."""
     from .train import TrainArgs, train as run
 
     try:
         code = run(TrainArgs(list(data), out, config, max_steps, minutes, resume, list(eval_data),
-                             device, compile_, compact=compact, init=init))
+                             device, compile_, compact=compact, init=init, quantize=quantize_))
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     sys.exit(code)
@@ -798,6 +803,35 @@ def eval_cmd(data: tuple[str, ...], model_path: str | None, limit: int | None, s
     click.echo(f"  -ELBO at T={T:<5}: {res['bpd_T']:.4f} bpd")
     click.echo(f"  terms: diffusion {res['diffusion']:.4f}, reconstruction {res['recon']:.4f}, "
                f"prior {res['prior']:.5f}, latent {res['latent']:.4f}")
+
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, help="NAME|PATH of the float model to quantise.")
+@click.option("--data", "data", multiple=True, required=True,
+              help="Calibration images (training images, never test ones): .npz, folder or glob.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Integer model file to write.")
+@click.option("--tiles", type=click.IntRange(1, 4096), default=48, show_default=True,
+              help="Random training-style tiles to fit the activation grids on.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@guarded
+def quantize(model_path: str, data: tuple[str, ...], out: Path, tiles: int, seed: int) -> None:
+    """Make the integer model of a float one: its files (format version 3) decode on any machine."""
+    from .coding.exact import is_exact
+    from .quantize import calibration_tiles, quantize as run
+    from .weights import load_model, save_integer_model
+
+    lm = load_model(model_path)
+    if is_exact(lm.model):
+        raise CliError(f"{lm.path} is already an integer model", EXIT_USAGE)
+    try:
+        cal = calibration_tiles(list(data), lm.config.tile, lm.config.context, tiles, seed)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e), EXIT_INPUT) from None
+    extra = {"default_steps": lm.meta.get("default_steps", "100"),
+             "calibration": json.dumps({"data": [Path(d).name for d in data], "tiles": tiles, "seed": seed})}
+    mid = save_integer_model(run(lm.model, cal, seed), out, lm.model_id, extra)
+    click.echo(f"{out}: integer model {mid} of {lm.model_id}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Layout of an output directory:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from .data import RandomCrops, TileSet, image_tiles, load_images
 from .evaluate import batch_tensors, evaluate
 from .model.configs import Config, load_config
 from .model.mulan import MuLAN
+from . import qat
 from .weights import load_model, save_model
 
 
@@ -52,6 +54,7 @@ class TrainArgs:
     progress: bool = True
     compact: bool = False
     init: str | None = None  # start a new run from this model's weights (warm start)
+    quantize: bool = False  # a new run trains quantisation-aware (TrainConfig.quantize)
 
 
 @dataclass
@@ -219,6 +222,8 @@ def _config(args: TrainArgs) -> Config:
     if (args.out / "train" / "state.json").exists():
         raise FileExistsError(f"{args.out} already holds a run: pass --resume to continue it")
     cfg = load_config(args.config or "small")
+    if args.quantize:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, quantize=True))
     if cfg.model.learned_variance and not (cfg.train.loss_steps and all(cfg.train.loss_steps_mix)):
         raise ValueError("a learned reverse variance is trained by the discrete-time loss only: "
                          "set loss_steps (and loss_steps_mix) above 0")
@@ -244,6 +249,8 @@ def _build(args: TrainArgs, cfg: Config, device: torch.device) -> _Run:
     torch.manual_seed(tc.seed)
     model = MuLAN(cfg.model).to(device)
     init_id = warm_start(model, args.init) if args.init and not args.resume else None
+    if tc.quantize:
+        qat.attach(model)  # the EMA copy below gets the hooks too: it is evaluated quantised
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     decay = [p for p in model.parameters() if p.dim() > 1]
     other = [p for p in model.parameters() if p.dim() <= 1]

@@ -3,7 +3,10 @@
 A model is one ``.safetensors`` file whose metadata holds the JSON model config,
 so nothing else is needed to rebuild it; nothing is ever unpickled. The model id
 is a hash of the config and the tensors, so a file coded with one model is
-never decoded with another.
+never decoded with another. An integer model (`model.integer`, made by
+`quantize`; it codes format version 3, which decodes on any machine) is such a
+file too, of format ``mulancodec-integer-model``, with its integer scheme in the
+metadata, its tensors as they are, and an id of its own.
 
 The shipped models are named: ``models/<name>/model.safetensors`` (with its
 config.json and MODEL_CARD.md) in a source checkout, or the same under
@@ -18,17 +21,21 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .model.configs import ModelConfig
+from .model.integer import SCHEME, IntegerMuLAN
+from .model.intops import QConv
 from .model.mulan import MuLAN
 
 ENV_MODEL = "MULANCODEC_MODEL"
 DEFAULT_MODEL = "photo"  # the default for encoding: trained on photographs
 WEIGHTS_NAME = "model.safetensors"
+FLOAT_FORMAT, INTEGER_FORMAT = "mulancodec-model", "mulancodec-integer-model"
 
 
 class ModelFileError(Exception):
@@ -37,7 +44,7 @@ class ModelFileError(Exception):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: MuLAN
+    model: MuLAN | IntegerMuLAN
     config: ModelConfig
     model_id: str  # 16 hex digits
     path: Path
@@ -83,32 +90,92 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
 
 
+def integer_model_id(config_json: str, scheme: str, state: dict[str, torch.Tensor]) -> str:
+    """A hash of an integer model's config, scheme and tensors (raw bytes, dtype and all)."""
+    h = hashlib.sha256()
+    h.update(config_json.encode())
+    h.update(f"scheme {scheme}".encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_integer_model(model: IntegerMuLAN, path: str | os.PathLike, float_model_id: str,
+                       extra: dict[str, str] | None = None) -> str:
+    """Write an integer model (tensors as they are); returns its model id."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    config_json = json.dumps(model.cfg.to_dict(), sort_keys=True)
+    mid = integer_model_id(config_json, str(SCHEME), state)
+    meta = {"format": INTEGER_FORMAT, "config": config_json, "scheme": str(SCHEME),
+            "float_model_id": float_model_id, "model_id": mid}
+    meta.update(extra or {})
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return mid
+
+
+def _read_checked(p: Path, build: Callable[[], torch.nn.Module], dtypes: bool) -> dict[str, torch.Tensor]:
+    """The file's tensors, after checking their names and shapes (and dtypes) against the
+    module `build` makes on the meta device (no memory): a hostile config cannot make us
+    allocate huge weights."""
+    with safe_open(str(p), framework="pt") as f:
+        found = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+        try:
+            with torch.device("meta"):
+                state = build().state_dict()
+        except Exception as e:  # noqa: BLE001 - any construction failure means a bad config
+            raise ModelFileError(f"{p}: bad model config ({e})") from None
+        expected = {k: (tuple(v.shape), _ST_DTYPES[v.dtype]) for k, v in state.items()}
+        if not dtypes:
+            expected = {k: (v[0], found.get(k, (None, None))[1]) for k, v in expected.items()}
+        if found != expected:
+            missing = sorted(set(expected) - set(found))[:3]
+            extra = sorted(set(found) - set(expected))[:3]
+            wrong = [k for k in expected if k in found and found[k] != expected[k]][:3]
+            raise ModelFileError(f"{p}: weights do not match the config (missing {missing}, "
+                                 f"unexpected {extra}, wrong shape or type {wrong})")
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int16: "I16", torch.int32: "I32"}
+
+
+def _config(p: Path, meta: dict[str, str]) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(json.loads(meta["config"]))
+    except (ValueError, TypeError) as e:
+        raise ModelFileError(f"{p}: bad model config ({e})") from None
+
+
+def _load_integer(p: Path, meta: dict[str, str], device: str | torch.device) -> LoadedModel:
+    cfg = _config(p, meta)
+    if meta.get("scheme") != str(SCHEME):
+        raise ModelFileError(f"{p}: integer scheme {meta.get('scheme')!r} is not this mulancodec's "
+                             f"({SCHEME}); upgrade mulancodec")
+    state = _read_checked(p, lambda: IntegerMuLAN(cfg), dtypes=True)
+    model = IntegerMuLAN(cfg)
+    model.load_state_dict(state, strict=True)
+    if not all(m.exact() for m in model.modules() if isinstance(m, QConv)):
+        raise ModelFileError(f"{p}: weights beyond what exact integer sums allow")
+    model.eval().requires_grad_(False).to(device).prepare()
+    mid = integer_model_id(meta["config"], meta["scheme"], state)
+    return LoadedModel(model, cfg, mid, p, meta)
+
+
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model file (or a directory holding one); None means the shipped default."""
     p = resolve_model_path(path)
     meta = read_metadata(p)
-    if meta.get("format") != "mulancodec-model" or "config" not in meta:
+    if meta.get("format") == INTEGER_FORMAT and "config" in meta:
+        return _load_integer(p, meta, device)
+    if meta.get("format") != FLOAT_FORMAT or "config" not in meta:
         raise ModelFileError(f"{p}: not a mulancodec model (no embedded config)")
-    try:
-        cfg = ModelConfig.from_dict(json.loads(meta["config"]))
-    except (ValueError, TypeError) as e:
-        raise ModelFileError(f"{p}: bad model config ({e})") from None
-    with safe_open(str(p), framework="pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        # Compare with the architecture built on the meta device (no memory) before
-        # allocating anything, so a hostile config cannot make us allocate huge weights.
-        try:
-            with torch.device("meta"):
-                expected = {k: tuple(v.shape) for k, v in MuLAN(cfg).state_dict().items()}
-        except Exception as e:  # noqa: BLE001 - any construction failure means a bad config
-            raise ModelFileError(f"{p}: bad model config ({e})") from None
-        if shapes != expected:
-            missing = sorted(set(expected) - set(shapes))[:3]
-            extra = sorted(set(shapes) - set(expected))[:3]
-            wrong = [k for k in expected if k in shapes and shapes[k] != expected[k]][:3]
-            raise ModelFileError(f"{p}: weights do not match the config (missing {missing}, "
-                                 f"unexpected {extra}, wrong shape {wrong})")
-        state = {k: f.get_tensor(k).float() for k in f.keys()}
+    cfg = _config(p, meta)
+    state = {k: v.float() for k, v in _read_checked(p, lambda: MuLAN(cfg), dtypes=False).items()}
     model = MuLAN(cfg)
     model.load_state_dict(state, strict=True)
     model.eval().requires_grad_(False).to(device)

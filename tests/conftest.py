@@ -25,6 +25,8 @@ CIFAR_TRAIN0 = SHARED / "cifar10" / "train_0.npz"
 # test are made with it), and its successor trained for T with learned variances.
 CIFAR10_MODEL = ROOT / "models" / "cifar10-v1" / "model.safetensors"
 CIFAR10_LV_MODEL = ROOT / "models" / "cifar10" / "model.safetensors"
+# An integer model (format version 3 files; the version-3 golden files are made with it).
+CIFAR10_INT_MODEL = ROOT / "models" / "cifar10-int" / "model.safetensors"
 
 
 def make_tiny_model(seed: int = 0, config: str = "tiny", noise: float = 0.02):

@@ -167,10 +167,11 @@ def fix_crcs(data: bytes) -> bytes:
     return bytes(b)
 
 
-def frame(header: bytes, body: bytes) -> bytes:
+def frame(header: bytes, body: bytes, version: int = fmt.FLOAT_VERSION) -> bytes:
     """A file around raw header content and payload bytes, framed and checksummed as
-    `container.write` does (for headers `write` cannot produce)."""
-    head = fmt.MAGIC + bytes([fmt.VERSION]) + varint(len(header)) + header
+    `container.write` does (for headers `write` cannot produce): by default a float
+    model's layout, which the corpus's headers have."""
+    head = fmt.MAGIC + bytes([version]) + varint(len(header)) + header
     return (head + struct.pack("<I", zlib.crc32(head)) + varint(len(body)) + body
             + struct.pack("<I", zlib.crc32(body)))
 

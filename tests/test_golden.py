@@ -1,8 +1,9 @@
 """Golden files: .mlc files written by an earlier build still decode to the same pixels.
 
-The files in tests/golden/ were made by tests/golden/make_golden.py with the
-shipped CIFAR-10 model (CPU, one thread, T=3): version 1 files (FILES_V1) before
-version 2 existed, version 2 files (v2_*, with metadata) since. They pin the
+The files in tests/golden/ were made by tests/golden/make_golden.py at T=3: with the
+shipped CIFAR-10 model (CPU, one thread) version 1 files (FILES_V1) before version 2
+existed and version 2 files (v2_*, with metadata) before version 3; with its integer
+model (cifar10-int, two threads) version 3 files (v3_*), which decode anywhere. They pin the
 on-disk format and the coding chain: if a change makes them decode differently
 (or not at all), either the change is a bug, or it is a format change, which needs
 a new container.VERSION and, deliberately, new golden files of that version. Files
@@ -20,13 +21,14 @@ import mulancodec as mc
 from mulancodec.api import env_tag, get_model
 from mulancodec.coding import container as fmt
 
-from conftest import CIFAR10_MODEL
+from conftest import CIFAR10_INT_MODEL, CIFAR10_MODEL
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 FILES_V1 = ["rgb", "stream", "grey", "rgba", "palette"]
 FILES_V2 = ["v2_meta", "v2_stream", "v2_embedded"]
-VERSION_OF = {**{n: 1 for n in FILES_V1}, **{n: 2 for n in FILES_V2}}
-FILES = FILES_V1 + FILES_V2
+FILES_V3 = ["v3_meta", "v3_stream"]
+VERSION_OF = {**{n: 1 for n in FILES_V1}, **{n: 2 for n in FILES_V2}, **{n: 3 for n in FILES_V3}}
+FILES = FILES_V1 + FILES_V2 + FILES_V3
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +38,15 @@ def cifar():
 
 
 @pytest.fixture(scope="module")
+def cifar_int():
+    assert CIFAR10_INT_MODEL.exists(), "the version-3 golden files need the shipped cifar10-int model"
+    return get_model(CIFAR10_INT_MODEL, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
 def expected() -> dict[str, np.ndarray]:
     out = {}
-    for f in ("expected.npz", "expected_v2.npz"):
+    for f in ("expected.npz", "expected_v2.npz", "expected_v3.npz"):
         with np.load(GOLDEN / f, allow_pickle=False) as z:
             out.update({k: z[k] for k in z.files})
     return out
@@ -62,21 +70,21 @@ def test_there_are_golden_files_of_the_current_version():
                                                 "add golden files with tests/golden/make_golden.py")
 
 
-@pytest.mark.parametrize("name", FILES_V2)
-def test_golden_v2_files_carry_their_metadata(name, cifar):
+@pytest.mark.parametrize("name", FILES_V2 + FILES_V3)
+def test_golden_files_carry_their_metadata(name, cifar, cifar_int):
     from golden.make_golden import META
 
     data = (GOLDEN / f"{name}.mlc").read_bytes()
-    first = mc.decompress_pictures(data, model=cifar, device="cpu")[0]
+    first = mc.decompress_pictures(data, model=cifar_int if name in FILES_V3 else cifar, device="cpu")[0]
     assert first.meta.info() == META  # byte-identical blobs, the same text and numbers
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_golden_file_decodes_to_its_pixels(name, cifar, expected):
+def test_golden_file_decodes_to_its_pixels(name, cifar, cifar_int, expected):
     data = (GOLDEN / f"{name}.mlc").read_bytes()
     h = mc.read_header(data)
     try:
-        pics = mc.decompress_pictures(data, model=cifar, device="cpu")
+        pics = mc.decompress_pictures(data, model=cifar_int if h.version >= 3 else cifar, device="cpu")
     except mc.DecodeError:
         if h.env_tag != env_tag(torch.device("cpu")):  # float results may differ on another CPU/torch
             pytest.skip("the golden files were made with another torch version or CPU kind")
@@ -90,3 +98,18 @@ def test_golden_file_decodes_to_its_pixels(name, cifar, expected):
         assert np.array_equal(pic.array(), expected[key]), key
         if pic.mode == "P":
             assert pic.palette == expected[key + "/palette"].tobytes()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("mkldnn", [True, False])
+def test_version_3_golden_files_decode_under_any_threads_and_kernels(threads, mkldnn, cifar_int, expected):
+    """Made with two threads; nothing about the machine is in the header or needed."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.backends.mkldnn.flags(enabled=mkldnn):
+            for name in FILES_V3:
+                pics = mc.decompress_pictures((GOLDEN / f"{name}.mlc").read_bytes(), model=cifar_int)
+                assert all(np.array_equal(p.array(), expected[f"{name}/{i}"]) for i, p in enumerate(pics))
+    finally:
+        torch.set_num_threads(old)

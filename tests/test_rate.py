@@ -104,8 +104,8 @@ def test_rate_test_catches_a_wrong_std(setup, monkeypatch):
     model, tiles, elbo = setup
     right = bitsback.reverse_step
 
-    def wide(z_t, eps_hat, g_s, g_t, mse_hat=None):
-        mean, std = right(z_t, eps_hat, g_s, g_t, mse_hat)
+    def wide(z_t, eps_hat, g_s, g_t, mse_hat=None, **kw):
+        mean, std = right(z_t, eps_hat, g_s, g_t, mse_hat, **kw)
         return mean, 1.5 * std
 
     monkeypatch.setattr(bitsback, "reverse_step", wide)

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from ..image import TileJob
-from ..model.mulan import (MuLAN, data_posterior, decoder_params, forward_step, reverse_step,
-                           to_unit)
+from ..model.mulan import (MuLAN, alpha_sigma, data_posterior, decoder_params, forward_step,
+                           reverse_step, to_unit)
 from .codecs import BitsBack, BitsBackStep, BitSwap, Codec, PixelGaussian, Stack, WindowedGaussian
 
 
@@ -48,13 +48,16 @@ class TileBatch:
     """The model's distributions for one batch of tiles, step by step.
 
     Chain arithmetic is float64 on the model's device over the coded subpixels
-    only; the denoiser sees float32 tiles rebuilt by copying (padding, grey),
-    and for a context model the tiles' context input `ctx` (B, 4, S+2m, S+2m).
+    only, with the model's elementary functions (`model.elementary`: torch's, or for
+    an integer model `exactmath.EXACT`); the denoiser sees float32 tiles rebuilt by
+    copying (padding, grey), and for a context model the tiles' context input
+    `ctx` (B, 4, S+2m, S+2m).
     """
 
     def __init__(self, model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], size: int,
                  device: torch.device, ctx: torch.Tensor | None = None) -> None:
         self.model, self.spec, self.size, self.device, self.ctx = model, spec, size, device, ctx
+        self.fns = model.elementary
         self.B = len(jobs)
         self.src = torch.from_numpy(np.stack([j.src for j in jobs])).to(device)
         self.coded = torch.from_numpy(np.stack([j.coded for j in jobs])).to(device)
@@ -137,14 +140,14 @@ class TileBatch:
         g_i = self.gamma(i)
         zero = torch.zeros_like(g_i)
         if i == 0:
-            s_pop = torch.sqrt(torch.sigmoid(g_i))
+            s_pop = alpha_sigma(g_i, self.fns)[1]
         else:
-            s_pop = forward_step(zero, self.gamma(i - 1), g_i)[1]
+            s_pop = forward_step(zero, self.gamma(i - 1), g_i, fns=self.fns)[1]
         if i == T:
             return s_pop, torch.ones_like(g_i), torch.ones_like(g_i)
         g_next = self.gamma(i + 1)
-        narrow = reverse_step(zero, zero, g_i, g_next)[1]
-        wide = reverse_step(zero, zero, g_i, g_next, torch.ones_like(g_i))[1] \
+        narrow = reverse_step(zero, zero, g_i, g_next, fns=self.fns)[1]
+        wide = reverse_step(zero, zero, g_i, g_next, torch.ones_like(g_i), fns=self.fns)[1] \
             if self.model.cfg.learned_variance else narrow
         return s_pop, narrow, wide
 
@@ -191,22 +194,25 @@ class TileBatch:
 
     def pixel_posterior(self, x: np.ndarray) -> WindowedGaussian:
         """q(z_0 | x, c)."""
-        return self.codec(0, *data_posterior(to_unit(self.ints(x)).double(), self.gamma(0)), False)
+        return self.codec(0, *data_posterior(to_unit(self.ints(x)).double(), self.gamma(0), self.fns),
+                          False)
 
     def pixel_likelihood(self, k0: np.ndarray) -> PixelGaussian:
         """p(x | z_0, c) on the pixel grid."""
-        mean, std = decoder_params(self.z(0, k0), self.gamma(0))
+        mean, std = decoder_params(self.z(0, k0), self.gamma(0), self.fns)
         return PixelGaussian(self.np(mean), self.np(std))
 
     def forward_posterior(self, i: int, k_prev: np.ndarray) -> WindowedGaussian:
         """q(z_i | z_{i-1}, c)."""
-        return self.codec(i, *forward_step(self.z(i - 1, k_prev), self.gamma(i - 1), self.gamma(i)), False)
+        return self.codec(i, *forward_step(self.z(i - 1, k_prev), self.gamma(i - 1), self.gamma(i),
+                                           self.fns), False)
 
     def reverse_likelihood(self, i: int, k: np.ndarray) -> WindowedGaussian:
         """p(z_{i-1} | z_i, c), through the denoiser."""
         z = self.z(i, k)
         eps_hat, mse_hat = self.denoise(z, i)
-        return self.codec(i - 1, *reverse_step(z, eps_hat, self.gamma(i - 1), self.gamma(i), mse_hat), True)
+        return self.codec(i - 1, *reverse_step(z, eps_hat, self.gamma(i - 1), self.gamma(i), mse_hat,
+                                               fns=self.fns), True)
 
     def chain(self, kc: np.ndarray | None) -> BitSwap:
         """The codec of x given c: Bit-Swap over x -> z_0 -> ... -> z_T."""

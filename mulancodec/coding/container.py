@@ -24,8 +24,13 @@ from ..metadata import MAX_TOTAL_BYTES as MAX_META_TOTAL
 from ..metadata import TEXT as META_TEXT
 
 MAGIC = b"\x89MLC"
-VERSION = 2  # 2: per-image metadata after the names; embedded and direct images may be JPEG-XL
-READ_VERSIONS = (1, 2)  # a reader still decodes every earlier version
+# 3: an integer model's file, which decodes on any machine: no backend, precision, threads or
+# environment tag. 2: a float model's file (per-image metadata after the names; embedded and
+# direct images may be JPEG-XL), which decodes only where its float results repeat.
+VERSION = 3
+FLOAT_VERSION = 2  # what a float model's files are written as
+COMPACT_VERSION = 2  # compact files need no model: their layout is version 2's
+READ_VERSIONS = (1, 2, 3)  # a reader still decodes every earlier version
 MODES = ("L", "LA", "RGB", "RGBA", "P")
 BACKENDS = ("cpu", "cuda")
 METHOD_MODEL, METHOD_EMBED = 0, 1
@@ -141,10 +146,10 @@ class Plan(Sequence[int]):
 @dataclass
 class Header:
     model_id: str  # 16 hex digits
-    backend: str  # "cpu" | "cuda"
-    bf16: bool
-    threads: int
-    env_tag: int  # CRC-32 of the numerics environment (torch version, device kind)
+    backend: str  # "cpu" | "cuda" (versions 1-2; "any" in version 3, which does not store it)
+    bf16: bool  # versions 1-2
+    threads: int  # versions 1-2 (0 in version 3)
+    env_tag: int  # CRC-32 of the numerics environment (torch version, device kind); versions 1-2
     steps: int
     kappa: float
     window: float
@@ -156,7 +161,7 @@ class Header:
     seed_words: int = 0
     stripped: int = 0
     checksum: bytes = b"\0" * 8
-    version: int = VERSION  # the file's format version (a writer always writes VERSION)
+    version: int = VERSION  # the file's format version (a writer writes VERSION or FLOAT_VERSION)
     compact: bytes = b""  # compact files: the bytes their 4-byte check covers (see write_compact)
 
 
@@ -277,11 +282,15 @@ def _meta_bytes(items: Sequence[tuple[int, bytes]]) -> bytes:
 
 
 def write(h: Header, payload: np.ndarray) -> bytes:
-    """Serialise a header and the ANS words (uint32, bottom of the stack first)."""
+    """Serialise a header and the ANS words (uint32, bottom of the stack first), in the
+    layout of h.version (VERSION, or FLOAT_VERSION for a float model's file)."""
+    if h.version not in (FLOAT_VERSION, VERSION):
+        raise ValueError(f"cannot write format version {h.version}")
     hb = bytearray()
     hb += bytes.fromhex(h.model_id)
-    hb += bytes([BACKENDS.index(h.backend), int(h.bf16)])
-    hb += _varint(h.threads) + struct.pack("<I", h.env_tag)
+    if h.version < 3:
+        hb += bytes([BACKENDS.index(h.backend), int(h.bf16)])
+        hb += _varint(h.threads) + struct.pack("<I", h.env_tag)
     hb += _varint(h.steps) + struct.pack("<fff", h.kappa, h.window, h.latent_delta)
     hb += _varint(h.tile) + _varint(len(h.images))
     for r in h.images:
@@ -292,7 +301,7 @@ def write(h: Header, payload: np.ndarray) -> bytes:
         hb += _meta_bytes(r.meta)
     hb += _plan_bytes(h.plan) + _varint(h.direct)
     hb += _varint(h.seed_words) + _varint(h.stripped) + h.checksum
-    head = MAGIC + bytes([VERSION]) + _varint(len(hb)) + bytes(hb)
+    head = MAGIC + bytes([h.version]) + _varint(len(hb)) + bytes(hb)
     body = payload.astype("<u4").tobytes()
     return (head + struct.pack("<I", zlib.crc32(head)) + _varint(len(body)) + body
             + struct.pack("<I", zlib.crc32(body)))
@@ -308,7 +317,7 @@ def write_compact(rec: ImageRecord, pixel_checksum: bytes) -> bytes:
     "Compact files"): a small image's fallback costs about what its PNG/WebP/JPEG-XL costs."""
     if rec.method != METHOD_EMBED:
         raise ValueError("compact files hold an embedded image only")
-    out = bytearray(MAGIC + bytes([VERSION, 0, MODES.index(rec.mode)]))
+    out = bytearray(MAGIC + bytes([COMPACT_VERSION, 0, MODES.index(rec.mode)]))
     out += _varint(rec.width) + _varint(rec.height) + _blob(rec.embedded) + _meta_bytes(rec.meta)
     return bytes(out) + compact_check(bytes(out), pixel_checksum)
 
@@ -388,7 +397,7 @@ def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray
                           f"(it reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade mulancodec")
     hlen = r.varint(1 << 40, "header length")
     if hlen == 0 and version >= 2:
-        return _read_compact(r, bytes(data), max_pixels), np.zeros(0, np.uint32)
+        return _read_compact(r, bytes(data), max_pixels, version), np.zeros(0, np.uint32)
     if hlen > r.left():
         raise FormatError("truncated file (the header is cut off)")
     hb = r.take(hlen)
@@ -411,7 +420,7 @@ def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray
     return h, np.frombuffer(body, dtype="<u4").astype(np.uint32)
 
 
-def _read_compact(r: _Reader, data: bytes, max_pixels: int | None) -> Header:
+def _read_compact(r: _Reader, data: bytes, max_pixels: int | None, version: int) -> Header:
     """A compact file (header length 0): one embedded image, its metadata, a 4-byte check."""
     mode_i = r.u8()
     if mode_i >= len(MODES):
@@ -431,7 +440,7 @@ def _read_compact(r: _Reader, data: bytes, max_pixels: int | None) -> Header:
         raise FormatError(f"{r.left()} bytes of trailing data after the image")
     # the model's fields do not apply: no model runs for an embedded image
     return Header("0" * 16, "cpu", False, 1, 0, 1, 1.0, 1.0, 1.0, 1, [rec], checksum=check,
-                  compact=data[:end])
+                  version=version, compact=data[:end])
 
 
 def _read_plan(r: _Reader, tile: int) -> Plan:
@@ -493,8 +502,8 @@ def _read_meta(r: _Reader, images: list[ImageRecord]) -> None:
             rec.meta.append((kind, v))
 
 
-def _parse_header(r: _Reader, file_len: int, max_pixels: int | None, version: int = VERSION) -> Header:
-    model_id = r.take(8).hex()
+def _parse_machine(r: _Reader) -> tuple[str, bool, int, int]:
+    """Versions 1-2: the backend, precision, threads and environment tag the file needs."""
     backend_i = r.u8()
     if backend_i >= len(BACKENDS):
         raise FormatError(f"unknown backend {backend_i}")
@@ -505,6 +514,12 @@ def _parse_header(r: _Reader, file_len: int, max_pixels: int | None, version: in
     if threads < 1:
         raise FormatError("threads must be at least 1")
     (env_tag,) = struct.unpack("<I", r.take(4))
+    return BACKENDS[backend_i], bool(bf16), threads, env_tag
+
+
+def _parse_header(r: _Reader, file_len: int, max_pixels: int | None, version: int = VERSION) -> Header:
+    model_id = r.take(8).hex()
+    backend, bf16, threads, env_tag = _parse_machine(r) if version < 3 else ("any", False, 0, 0)
     steps = r.varint(MAX_STEPS, "steps")
     if steps < 1:
         raise FormatError("steps must be at least 1")
@@ -517,8 +532,7 @@ def _parse_header(r: _Reader, file_len: int, max_pixels: int | None, version: in
     n = r.varint(min(MAX_IMAGES, file_len // 4), "image count")
     if n < 1:
         raise FormatError("file holds no image")
-    h = Header(model_id, BACKENDS[backend_i], bool(bf16), threads, env_tag, steps, kappa, window,
-               latent_delta, tile)
+    h = Header(model_id, backend, bf16, threads, env_tag, steps, kappa, window, latent_delta, tile)
     total_px = 0
     for _ in range(n):
         rec = _read_image(r, file_len)

@@ -142,6 +142,8 @@ class TrainConfig:
     eval_every: int = 1000
     eval_images: int = 500
     checkpoint_minutes: float = 5.0
+    # quantisation-aware: train under the rounding of the integer model (`qat`, `quantize`)
+    quantize: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

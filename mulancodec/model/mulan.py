@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .configs import ModelConfig
 from .denoiser import UNet
+from .exactmath import TORCH, Elementary
 from .latent import LatentEncoder, std_normal_kl
 from .schedule import Schedule, ScheduleNet
 
@@ -40,25 +41,30 @@ def context_channels(window: Tensor, known: Tensor) -> Tensor:
     return torch.cat([to_unit(window) * k, k], dim=1)
 
 
-def alpha_sigma(gamma: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.sqrt(torch.sigmoid(-gamma)), torch.sqrt(torch.sigmoid(gamma))
+# The per-step Gaussians take `fns`, the elementary functions they are computed with:
+# torch's (the loss, and the codec of format versions 1 and 2) or `exactmath.EXACT`, whose
+# float64 results are identical on every machine (the integer codec, format version 3).
+
+def alpha_sigma(gamma: Tensor, fns: Elementary = TORCH) -> tuple[Tensor, Tensor]:
+    return fns.sqrt(fns.sigmoid(-gamma)), fns.sqrt(fns.sigmoid(gamma))
 
 
-def data_posterior(x_unit: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:
+def data_posterior(x_unit: Tensor, g0: Tensor, fns: Elementary = TORCH) -> tuple[Tensor, Tensor]:
     """q(z_0 | x): mean and std."""
-    a0, s0 = alpha_sigma(g0)
+    a0, s0 = alpha_sigma(g0, fns)
     return a0 * x_unit, s0.expand_as(x_unit)
 
 
-def forward_step(z_s: Tensor, g_s: Tensor, g_t: Tensor) -> tuple[Tensor, Tensor]:
+def forward_step(z_s: Tensor, g_s: Tensor, g_t: Tensor,
+                 fns: Elementary = TORCH) -> tuple[Tensor, Tensor]:
     """q(z_t | z_s) for s < t: mean alpha_t/alpha_s z_s, var sigma_t^2 (1 - e^(g_s - g_t))."""
-    a_s, _ = alpha_sigma(g_s)
-    a_t, s_t = alpha_sigma(g_t)
-    return (a_t / a_s) * z_s, s_t * torch.sqrt(-torch.expm1(g_s - g_t))
+    a_s, _ = alpha_sigma(g_s, fns)
+    a_t, s_t = alpha_sigma(g_t, fns)
+    return (a_t / a_s) * z_s, s_t * fns.sqrt(-fns.expm1(g_s - g_t))
 
 
 def reverse_step(z_t: Tensor, eps_hat: Tensor, g_s: Tensor, g_t: Tensor,
-                 mse_hat: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                 mse_hat: Tensor | None = None, fns: Elementary = TORCH) -> tuple[Tensor, Tensor]:
     """p(z_s | z_t): q(z_s | z_t, x = x-hat(z_t))'s mean, with a variance of its own.
 
     The fixed variance is q's posterior variance. A learned-variance model adds the
@@ -67,13 +73,13 @@ def reverse_step(z_t: Tensor, eps_hat: Tensor, g_s: Tensor, g_t: Tensor,
     Gaussian for a mean that is off by that much. mse_hat does not depend on the
     step size, so one network serves every T.
     """
-    a_s, s_s = alpha_sigma(g_s)
-    a_t, s_t = alpha_sigma(g_t)
-    em1 = torch.expm1(g_s - g_t)
+    a_s, s_s = alpha_sigma(g_s, fns)
+    a_t, s_t = alpha_sigma(g_t, fns)
+    em1 = fns.expm1(g_s - g_t)
     mean = (a_s / a_t) * (z_t + em1 * s_t * eps_hat)
-    std = s_s * torch.sqrt(-em1)
+    std = s_s * fns.sqrt(-em1)
     if mse_hat is not None:
-        std = std * torch.sqrt(1.0 + torch.expm1(g_t - g_s) * mse_hat)
+        std = std * fns.sqrt(1.0 + fns.expm1(g_t - g_s) * mse_hat)
     return mean, std
 
 
@@ -95,16 +101,16 @@ def reverse_step_kl(g_s: Tensor, g_t: Tensor, eps: Tensor, eps_hat: Tensor,
     return 0.5 * (torch.log1p(r) + (err - r) / (1.0 + r))
 
 
-def decoder_params(z0: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:
+def decoder_params(z0: Tensor, g0: Tensor, fns: Elementary = TORCH) -> tuple[Tensor, Tensor]:
     """p(x | z_0): a Gaussian on the pixel grid, as (mean, std) in pixel units.
 
     The likelihood of pixel k is the Gaussian's mass on [k - 1/2, k + 1/2],
     renormalised over [-1/2, 255 + 1/2]: exactly constriction's QuantizedGaussian.
     """
-    a0, _ = alpha_sigma(g0)
+    a0, _ = alpha_sigma(g0, fns)
     scale = BINS / 2
     mean = (z0 / a0 + 1.0) * scale - 0.5
-    std = torch.exp(0.5 * g0) * scale
+    std = fns.exp(0.5 * g0) * scale
     return mean, std.expand_as(mean)
 
 
@@ -139,6 +145,8 @@ class Terms:
 
 
 class MuLAN(nn.Module):
+    elementary = TORCH  # what the codec computes this model's Gaussians with (`exactmath`)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg.validate()

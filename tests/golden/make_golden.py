@@ -6,16 +6,22 @@ caught by the tests instead of being silently re-recorded. From the repository r
 
     python tests/golden/make_golden.py
 
-Files of earlier versions are never rewritten: they must keep decoding.
+It writes the current version's files only: files of earlier versions are never
+rewritten, they must keep decoding.
 Version 1 (written by this script before version 2 existed): rgb.mlc (bits-back,
 no PNG fallback), stream.mlc (compress_many of three images), grey.mlc (L),
 rgba.mlc (RGBA), palette.mlc (P), with their pixels in expected.npz.
-Version 2 (what it writes now, as v2_*.mlc and expected_v2.npz): v2_meta.mlc
-(RGB, bits-back, carrying every kind of metadata), v2_stream.mlc (two images,
-one with metadata) and v2_embedded.mlc (a lone tiny image: the smallest
-PNG/WebP/JPEG-XL fallback). The metadata each must carry is META below.
-All with the shipped CIFAR-10 model on the CPU, one thread, T = STEPS; the images
-are synthetic (made here).
+Version 2 (made by this script before version 3, from images_v2, as v2_*.mlc and
+expected_v2.npz): v2_meta.mlc (RGB, bits-back, carrying every kind of metadata),
+v2_stream.mlc (two images, one with metadata) and v2_embedded.mlc (a lone tiny
+image: the smallest PNG/WebP/JPEG-XL fallback), with the shipped CIFAR-10 model
+on the CPU, one thread. The metadata each must carry is META below.
+Version 3 (what it writes now, from images_v3, as v3_*.mlc and expected_v3.npz),
+with the shipped integer CIFAR-10 model (cifar10-int), whose files decode on any
+machine and thread count: v3_meta.mlc (RGB with every kind of metadata) and
+v3_stream.mlc (an RGB image with metadata, a grey one and an RGBA one, in
+batches of at most two tiles), encoded with two threads.
+All at T = STEPS; the images are synthetic (made here).
 """
 from __future__ import annotations
 
@@ -63,6 +69,16 @@ def images_v2() -> dict[str, list]:
     }
 
 
+def images_v3() -> dict[str, list]:
+    """The version-3 golden files' images, by file name."""
+    rgba = _gradient(7, 9, 4, 17)
+    rgba[..., 3] = np.where((np.arange(63).reshape(7, 9) % 4) == 0, 0, 255)
+    return {
+        "v3_meta": [with_meta(_gradient(8, 8, 3, 14))],
+        "v3_stream": [with_meta(_gradient(9, 6, 3, 15)), _gradient(6, 5, 1, 16)[..., 0], rgba],
+    }
+
+
 def images() -> dict[str, list]:
     """Every version-1 golden file's images (numpy arrays or PIL images), by file name."""
     rgba = _gradient(6, 7, 4, 3)
@@ -82,18 +98,17 @@ def main() -> None:
 
     import mulancodec as mc
     from mulancodec import image as img
-    from conftest import CIFAR10_MODEL
+    from conftest import CIFAR10_INT_MODEL
 
-    torch.set_num_threads(1)  # recorded in the header: decoding then pins one thread (fast)
-    lm = mc.api.get_model(CIFAR10_MODEL, torch.device("cpu"))
+    torch.set_num_threads(2)  # not recorded: version 3 decodes under any thread count
+    lm = mc.api.get_model(CIFAR10_INT_MODEL, torch.device("cpu"))
     expected: dict[str, np.ndarray] = {}
-    for name, ims in images_v2().items():
+    for name, ims in images_v3().items():
         if name.endswith("stream"):
-            data = mc.compress_many(ims, model=lm, steps=STEPS, device="cpu",
+            data = mc.compress_many(ims, model=lm, steps=STEPS, device="cpu", max_batch=2,
                                     names=[f"s{i}.png" for i in range(len(ims))])
         else:
-            data = mc.compress(ims[0], model=lm, steps=STEPS, device="cpu",
-                               fallback=name.endswith("embedded"))
+            data = mc.compress(ims[0], model=lm, steps=STEPS, device="cpu", fallback=False)
         (HERE / f"{name}.mlc").write_bytes(data)
         for i, x in enumerate(ims):
             pic = img.load(x)
@@ -102,7 +117,7 @@ def main() -> None:
             if pic.mode == "P":
                 expected[f"{name}/{i}/palette"] = np.frombuffer(pic.palette, np.uint8)
         print(f"{name}.mlc: {len(data)} bytes")
-    np.savez_compressed(HERE / "expected_v2.npz", **expected)
+    np.savez_compressed(HERE / "expected_v3.npz", **expected)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,379 @@
+"""Exact integer arithmetic on float carriers: the integer network's layers.
+
+Every activation the integer network passes on is a tensor of integers (held in
+float32) with per-channel scales fixed when the model was quantised; every weight
+is an integer. What makes the results identical on every machine, thread count
+and batch composition:
+
+* Reductions are exact. Convolutions take integer operands of magnitude at most
+  255 ("limbs": exact in fp32, TF32 and bf16 inputs alike), and each output's sum
+  of |weight| * 255 is at most 2^24, checked when the weights are made, so every
+  partial sum is an exact float32 integer whatever order, blocking or FMA use the
+  kernel chooses (oneDNN's direct convolution, BLAS). Wider integers are split
+  into limbs, q = sum 256^j l_j, one convolution per pair of limbs. Transform
+  algorithms (Winograd, FFT: NNPACK, cuDNN) are not exact: they are off while the
+  network runs (`exact_kernels`). Norm statistics are float32 sums of at most 258
+  one-limb integers (exact), added up in float64; attention's weighted sums and
+  the small dense layers run in float64 on operands bounded below 2^53.
+* Everything else is elementwise: fixed sequences of correctly rounded IEEE
+  operations on tensors (rescale, round, clamp, add), and lookups in integer
+  tables computed with `exactmath`. Such a sequence gives the same bits anywhere.
+  No fused operation (addcmul, lerp) is used: whether it rounds once (FMA) or
+  twice depends on the kernel. Chains run in place where they can: a fresh large
+  tensor costs more than the arithmetic on it.
+
+The carrier of the convolutions (float32, or float64 to check that it does not
+matter) is set with `carrier`.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import exactmath as em
+
+LIMB = 256
+LIMB_MAX = 255  # a limb's magnitude bound (activations and weights)
+F32_EXACT = 1 << 24
+F64_EXACT = 1 << 53
+WEIGHT_BUDGET = F32_EXACT // LIMB_MAX  # sum of |weight limb| per output: exact with 255-limbs
+STAT_CHUNK = F32_EXACT // (LIMB_MAX * LIMB_MAX)  # 258 squares of one-limb integers sum exactly
+TABLE_HALF = 4096  # a table covers integer inputs -TABLE_HALF..TABLE_HALF
+WIDE_BITS = 20  # operands of the float64 dense layers: |q| <= 2^20
+
+_CARRIER: contextvars.ContextVar[torch.dtype] = contextvars.ContextVar("carrier", default=torch.float32)
+
+
+def limb_max(limbs: int) -> int:
+    """The largest magnitude a `limbs`-limb integer holds (its top limb within +-255)."""
+    return LIMB_MAX * LIMB ** (limbs - 1)
+
+
+def carrier_dtype() -> torch.dtype:
+    """The float dtype convolutions and exact matmuls currently run in."""
+    return _CARRIER.get()
+
+
+@contextlib.contextmanager
+def carrier(dtype: torch.dtype) -> Iterator[None]:
+    """Run the convolutions in this float dtype (the results do not change)."""
+    token = _CARRIER.set(dtype)
+    try:
+        yield
+    finally:
+        _CARRIER.reset(token)
+
+
+@contextlib.contextmanager
+def exact_kernels() -> Iterator[None]:
+    """No gradients, and no transform-based convolution (NNPACK, cuDNN's Winograd/FFT)."""
+    with torch.no_grad(), torch.backends.nnpack.flags(enabled=False), \
+            torch.backends.cudnn.flags(enabled=False):
+        yield
+
+
+def tensor_like(v: float | Tensor, like: Tensor) -> Tensor:
+    """v as a float64 tensor on like's device (dividing by a Python number is not exact on
+    CUDA: it multiplies by the reciprocal)."""
+    return torch.as_tensor(v, dtype=torch.float64, device=like.device)
+
+
+def per_channel(v: Tensor) -> Tensor:
+    """A (C,) vector as float32 (1, C, 1, 1), to scale activations with."""
+    return v.float().view(1, -1, 1, 1)
+
+
+def split_limbs(q: Tensor, limbs: int) -> list[Tensor]:
+    """q = sum_j 256^j l_j: l_j in [0, 255] below the top limb, which keeps the sign."""
+    out = []
+    for _ in range(limbs - 1):
+        hi = torch.floor(q * (1.0 / LIMB))
+        out.append(q - hi * LIMB)
+        q = hi
+    out.append(q)
+    return out
+
+
+def split_weight(w: Tensor, limbs: int) -> list[Tensor]:
+    """w = sum_j 256^j w_j with balanced limbs w_j in [-128, 127] below the top one."""
+    out = []
+    for _ in range(limbs - 1):
+        hi = torch.floor((w + LIMB // 2) * (1.0 / LIMB))
+        out.append(w - hi * LIMB)
+        w = hi
+    out.append(w)
+    return out
+
+
+def chunk_sums(r: Tensor) -> tuple[Tensor, Tensor]:
+    """Per (batch, channel) sums of r and r^2 over positions, exact (float64), for |r| <= 255:
+    float32 sums of chunks of at most 258, then float64."""
+    B, C = r.shape[:2]
+    n = r.shape[2] * r.shape[3]
+    chunk = max(d for d in range(1, STAT_CHUNK + 1) if n % d == 0)
+    v = r.reshape(B, C, n // chunk, chunk)
+    squares = torch.einsum("bckn,bckn->bck", v, v)  # a dot product per chunk: exact too
+    return v.sum(-1).sum(-1, dtype=torch.float64), squares.sum(-1, dtype=torch.float64)
+
+
+def sum_in_order(x: Tensor) -> Tensor:
+    """Sum over the last (small) dimension one element after another: a fixed order."""
+    acc = x[..., 0]
+    for j in range(1, x.shape[-1]):
+        acc = acc + x[..., j]
+    return acc
+
+
+class Tables(nn.Module):
+    """One table per channel of round(fn(k step_c) / out_scale_c), k = -TABLE_HALF..TABLE_HALF
+    (clamped to +-qmax), laid end to end; `lookup` maps each channel's integers through its own."""
+
+    def __init__(self, channels: int, fn: Callable[[Tensor], Tensor], limbs: int) -> None:
+        super().__init__()
+        self.fn, self.qmax = fn, limb_max(limbs)
+        self.register_buffer("step", torch.ones(channels, dtype=torch.float64))
+        self.register_buffer("out_scale", torch.ones(channels, dtype=torch.float64))
+        self.register_buffer("table", torch.zeros(0), persistent=False)
+        self.register_buffer("offset", torch.zeros(0), persistent=False)
+
+    @torch.no_grad()
+    def calibrate(self, x: Tensor) -> Tensor:
+        """Fit the grids to float inputs x (B, C, ...) of the function; returns fn(x)."""
+        y = self.fn(x.double()).to(x.dtype)
+        dims = [0] + list(range(2, x.dim()))
+        self.step.copy_(1.25 * x.abs().amax(dims).double() / TABLE_HALF + 1e-12)
+        self.out_scale.copy_(y.abs().amax(dims).double() / self.qmax + 1e-12)
+        self.prepare()
+        return y
+
+    def prepare(self) -> None:
+        C, n = self.step.numel(), 2 * TABLE_HALF + 1
+        k = torch.arange(-TABLE_HALF, TABLE_HALF + 1, dtype=torch.float64, device=self.step.device)
+        y = self.fn(k[None, :] * self.step[:, None]) / self.out_scale[:, None]
+        self.table = torch.round(y).clamp_(-self.qmax, self.qmax).float().reshape(-1)
+        self.offset = (torch.arange(C, device=self.step.device) * n + TABLE_HALF).float()
+
+    def lookup(self, n: Tensor) -> Tensor:
+        """The tables at integers n (B, C, H, W), each clamped to its table's range."""
+        idx = n.clamp_(-TABLE_HALF, TABLE_HALF).add_(self.offset.view(1, -1, 1, 1)).int()
+        return self.table.index_select(0, idx.reshape(-1)).view(n.shape)
+
+
+class QConv(nn.Module):
+    """A convolution with integer weights on integer inputs.
+
+    The input channels form `groups`, runs of (channels, limbs) sharing an input
+    scale (a concatenation, or the network's inputs); each group has its own
+    per-output weight scale, its weights `wlimbs` limbs. forward gives the sums in
+    units of the first group's weight scale (`w_scale`): exact integers for one
+    one-limb group and one-limb weights, otherwise the exact sums of each group and
+    pair of limbs combined in float32 in a fixed order. `real` gives the layer's
+    real-valued output.
+    """
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0,
+                 groups: Sequence[tuple[int, int]] | None = None, wlimbs: int = 1) -> None:
+        super().__init__()
+        self.stride, self.padding, self.wlimbs = stride, padding, wlimbs
+        self.groups = list(groups) if groups is not None else [(cin, 1)]
+        assert sum(n for n, _ in self.groups) == cin
+        wtype = torch.int16 if wlimbs == 1 else torch.int32  # |w| <= 255, or two limbs
+        self.register_buffer("weight", torch.zeros(cout, cin, k, k, dtype=wtype))
+        self.register_buffer("g_scale", torch.ones(len(self.groups), cout, dtype=torch.float64))
+        self.register_buffer("bias", torch.zeros(cout, dtype=torch.float64))
+
+    @property
+    def w_scale(self) -> Tensor:
+        """The scale of forward's sums (per output channel)."""
+        return self.g_scale[0]
+
+    def _spans(self) -> list[tuple[int, int, int]]:
+        out, lo = [], 0
+        for n, limbs in self.groups:
+            out.append((lo, lo + n, limbs))
+            lo += n
+        return out
+
+    @torch.no_grad()
+    def quantize(self, conv: nn.Conv2d, in_scale: Tensor, source: Sequence[int] | None = None) -> None:
+        """Integer weights for `conv` reading integers of per-channel scale `in_scale`; input
+        channel i is conv's channel source[i] (the limbs of one input are channels of their own)."""
+        w = conv.weight.detach().double()
+        if source is not None:
+            w = w[:, list(source)]
+        w = w * in_scale.double().view(1, -1, 1, 1).to(w.device)
+        for g, (lo, hi, _) in enumerate(self._spans()):
+            flat = w[:, lo:hi].flatten(1).abs()
+            k = flat.shape[1]
+            top = LIMB ** (self.wlimbs - 1)  # the top limb carries |w| / top
+            scale = torch.maximum(flat.amax(1) / limb_max(self.wlimbs),
+                                  flat.sum(1) / (top * (WEIGHT_BUDGET - 2 * k)))
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            q = torch.round(w[:, lo:hi] / scale.view(-1, 1, 1, 1))
+            for part in split_weight(q, self.wlimbs):  # every partial sum is exact
+                assert int(part.abs().flatten(1).sum(1).max()) <= WEIGHT_BUDGET
+            self.weight[:, lo:hi] = q.to(self.weight.dtype)
+            self.g_scale[g] = scale
+        self.bias.copy_(conv.bias.detach().double() if conv.bias is not None else 0.0)
+
+    def exact(self) -> bool:
+        """Whether every partial sum is provably exact: weight limbs within +-255 and each
+        output's within the budget, and finite positive scales (a loaded file is checked)."""
+        for lo, hi, _ in self._spans():
+            for part in split_weight(self.weight[:, lo:hi].double(), self.wlimbs):
+                mag = part.abs().flatten(1)
+                if float(mag.max()) > LIMB_MAX or float(mag.sum(1).max()) > WEIGHT_BUDGET:
+                    return False
+        return bool(torch.isfinite(self.g_scale).all() and (self.g_scale > 0).all()
+                    and torch.isfinite(self.bias).all())
+
+    def _conv(self, x: Tensor, w: Tensor) -> Tensor:
+        dt = _CARRIER.get()
+        if x.shape[1] < 32 or w.shape[0] < 8:  # oneDNN is far faster so for few channels
+            x = x.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x.to(dt), w.to(dt), None, self.stride, self.padding).float()
+
+    def forward(self, q: Tensor) -> Tensor:
+        if self.groups == [(q.shape[1], 1)] and self.wlimbs == 1:
+            return self._conv(q, self.weight).contiguous()
+        B = q.shape[0]
+        acc = None
+        for g, (lo, hi, limbs) in enumerate(self._spans()):
+            ratio = per_channel(self.g_scale[g] / self.g_scale[0])
+            x = torch.cat(split_limbs(q[:, lo:hi], limbs))  # the limbs as more batch entries
+            for k, w in enumerate(split_weight(self.weight[:, lo:hi].double(), self.wlimbs)):
+                for j, part in enumerate(self._conv(x, w).split(B)):
+                    term = part.mul_(ratio * float(LIMB ** (j + k)))
+                    acc = term if acc is None else acc.add_(term)
+        assert acc is not None
+        return acc.contiguous()
+
+    def real(self, acc: Tensor) -> Tensor:
+        """The real-valued output (float64) of forward's sums `acc`."""
+        return acc.double() * self.w_scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+    def requant(self, acc: Tensor, out_scale: Tensor, qmax: int) -> Tensor:
+        """The output on the integer grid of per-channel step out_scale, clamped to +-qmax."""
+        y = acc * per_channel(self.w_scale / out_scale)
+        return y.add_(per_channel(self.bias / out_scale)).round_().clamp_(-qmax, qmax)
+
+
+class WideLinear(nn.Module):
+    """A small dense layer in float64: inputs and weights rounded to 20-bit integers
+    (the input's scale chosen per row, so a row's result does not depend on its batch)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(cout, cin, dtype=torch.int32))
+        self.register_buffer("w_scale", torch.ones(cout, dtype=torch.float64))
+        self.register_buffer("bias", torch.zeros(cout, dtype=torch.float64))
+
+    @torch.no_grad()
+    def quantize(self, lin: nn.Linear) -> None:
+        w = lin.weight.detach().double()
+        scale = w.abs().amax(1) / (1 << WIDE_BITS)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        q = torch.round(w / scale.view(-1, 1))
+        assert float(q.abs().sum(1).max()) * (1 << WIDE_BITS) < F64_EXACT
+        self.weight.copy_(q.to(torch.int32))
+        self.w_scale.copy_(scale)
+        self.bias.copy_(lin.bias.detach().double())
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.double()
+        top = x.abs().amax(1, keepdim=True)
+        s = torch.where(top > 0, top, torch.ones_like(top)) / tensor_like(1 << WIDE_BITS, x)
+        acc = torch.round(x / s) @ self.weight.double().t()
+        return acc * s * self.w_scale + self.bias
+
+
+def _stats(x: Tensor, scale: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """Per (batch, channel) sums of y and y^2 over positions, y = x scale + bias, from each
+    (batch, channel)'s one-limb view r = round(x 255 / max|x|) (exact sums; float64)."""
+    top = torch.maximum(x.amax((2, 3)), -x.amin((2, 3))).double().clamp(min=1e-30)
+    u = tensor_like(LIMB_MAX, x) / top
+    s1, s2 = chunk_sums((x * u.float()[:, :, None, None]).round_())
+    a, n = scale / u, float(x.shape[2] * x.shape[3])
+    return a * s1 + bias * n, a * a * s2 + 2.0 * a * bias * s1 + bias * bias * n
+
+
+class QNorm(nn.Module):
+    """GroupNorm of integers x (real value x scale + bias per channel), an optional
+    per-sample affine, then SiLU through tables (`act`) or nothing, onto per-channel
+    grids of `limbs` limbs."""
+
+    def __init__(self, channels: int, groups: int, act: bool, limbs: int = 1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.groups, self.act, self.eps, self.qmax = groups, act, eps, limb_max(limbs)
+        self.register_buffer("gamma", torch.ones(channels, dtype=torch.float64))
+        self.register_buffer("beta", torch.zeros(channels, dtype=torch.float64))
+        self.tables = Tables(channels, em.silu if act else (lambda v: v), limbs)
+
+    @property
+    def out_scale(self) -> Tensor:
+        return self.tables.out_scale
+
+    @torch.no_grad()
+    def calibrate(self, norm: nn.GroupNorm, x: Tensor,
+                  scale_shift: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Fit the grids to the float input x of `norm`; returns the float output."""
+        self.gamma.copy_(norm.weight.detach().double())
+        self.beta.copy_(norm.bias.detach().double())
+        self.eps = float(norm.eps)
+        n = norm(x)
+        if scale_shift is not None:
+            n = n * (1 + scale_shift[0]) + scale_shift[1]
+        return self.tables.calibrate(n)
+
+    def _affine(self, x: Tensor, scale: Tensor, bias: Tensor,
+                scale_shift: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """Per (batch, channel) (M, O): the normalised (and affine) output is x M + O."""
+        B, C = x.shape[:2]
+        s1, s2 = _stats(x, scale, bias)
+        cg = C // self.groups
+        count = tensor_like(cg * x.shape[2] * x.shape[3], x)
+        mean = sum_in_order(s1.view(B, self.groups, cg)) / count
+        var = (sum_in_order(s2.view(B, self.groups, cg)) / count - mean * mean).clamp(min=0.0)
+        inv = torch.ones_like(var) / torch.sqrt(var + self.eps)
+        g = self.gamma * inv.repeat_interleave(cg, 1)
+        m = scale * g
+        o = self.beta + (bias - mean.repeat_interleave(cg, 1)) * g
+        if scale_shift is not None:
+            m = m * (1.0 + scale_shift[0])
+            o = o * (1.0 + scale_shift[0]) + scale_shift[1]
+        return m, o
+
+    def forward(self, x: Tensor, scale: Tensor, bias: Tensor | None = None,
+                scale_shift: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The output integers for input integers x of per-channel scale and bias."""
+        bias = torch.zeros_like(scale) if bias is None else bias
+        m, o = self._affine(x, scale, bias, scale_shift)
+        to = self.tables.step if self.act else self.tables.out_scale
+        n = x * (m / to).float()[:, :, None, None]
+        n.add_((o / to).float()[:, :, None, None]).round_()
+        return self.tables.lookup(n) if self.act else n.clamp_(-self.qmax, self.qmax)
+
+
+class QAct(nn.Module):
+    """SiLU of a convolution's real output through per-channel tables, onto `limbs` limbs."""
+
+    def __init__(self, channels: int, limbs: int = 1) -> None:
+        super().__init__()
+        self.tables = Tables(channels, em.silu, limbs)
+
+    @property
+    def out_scale(self) -> Tensor:
+        return self.tables.out_scale
+
+    def calibrate(self, x: Tensor) -> Tensor:
+        return self.tables.calibrate(x)
+
+    def forward(self, acc: Tensor, conv: QConv) -> Tensor:
+        step = self.tables.step
+        n = acc * per_channel(conv.w_scale / step)
+        return self.tables.lookup(n.add_(per_channel(conv.bias / step)).round_())

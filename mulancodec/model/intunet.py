@@ -1,0 +1,228 @@
+"""The integer denoiser: `denoiser.UNet` evaluated exactly on integers.
+
+Inputs go onto fixed grids: z at 2^-14 (|z| < 4), its Fourier features
+sin/cos(2^n pi z) at 1/65280 from tables indexed by z's phase on a 2^-20 grid
+(both two limbs, each limb an input channel of its own scale); gamma normalised,
+c and the context (pixels exactly: 2x + 1 - 256, and the mask) one limb. The input
+convolution has two-limb weights (it is the most sensitive layer, and small). The time embedding's sin, cos and exp are `exactmath`'s, of the exact mean
+of the gamma grid. The blocks are `intblocks`'; the output is the last
+convolution's exact sums, scaled to reals in float64.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import exactmath as em
+from .configs import ModelConfig
+from .denoiser import CONTEXT_CHANNELS, UNet, _groups, fourier_features, timestep_embedding
+from .intblocks import QAttention, QResBlock, QStage
+from .intops import LIMB, LIMB_MAX, QConv, QNorm, WideLinear, limb_max, split_limbs, tensor_like
+
+Z_BITS, GAMMA_BITS = 20, 20  # z's phase and gamma's mean (the time): steps of 2^-bits
+Z_INPUT_BITS = 14  # z as an input: two limbs, |z| < 4 (beyond: clamped)
+PIXEL_SCALE = 1.0 / 256  # context pixels (2x + 1)/256 - 1: integers 2x + 1 - 256 at this scale
+LATENT_RANGE = 4.0  # c as an input: |c| <= 4 (beyond: clamped)
+RESIDUAL_LIMBS = 2  # the residual stream (one limb there: 0.04 rms error in eps-hat)
+
+
+def _one_limb(x: Tensor, top: float) -> Tensor:
+    """x in [-top, top] on a one-limb grid (clamped)."""
+    return torch.round(x.double() * (LIMB_MAX / top)).clamp_(-LIMB_MAX, LIMB_MAX).float()
+
+
+def fourier_tables(power: int, limbs: int) -> tuple[Tensor, Tensor]:
+    """sin and cos(2 pi k / P) * limb_max for the P = 2^(Z_BITS + 1 - power) phases of
+    sin/cos(2^power pi z) on z's grid."""
+    period = 1 << (Z_BITS + 1 - power)
+    x = torch.arange(period, dtype=torch.float64) * (math.pi * 2.0 ** (power - Z_BITS))
+    s, c = em.sin_cos(x)
+    q = float(limb_max(limbs))
+    return torch.round(s * q).float(), torch.round(c * q).float()
+
+
+def sinusoid(t: Tensor, dim: int) -> Tensor:
+    """`denoiser.timestep_embedding` with exactmath's exp, sin and cos (float64)."""
+    half = dim // 2
+    i = torch.arange(half, dtype=torch.float64, device=t.device)
+    freqs = em.exp(i * -em.LN_10000 / tensor_like(half, t))
+    s, c = em.sin_cos(t.double()[:, None] * 1000.0 * freqs[None])
+    emb = torch.cat([s, c], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def _pairs(qblk: nn.ModuleList, blk: nn.ModuleList) -> Iterator[tuple[nn.Module, nn.Module]]:
+    """(integer layer, float layer) of a block; an upsampling block is one QStage."""
+    if isinstance(blk[0], nn.Upsample):
+        yield qblk[0], blk[1]
+    else:
+        yield from zip(qblk, blk)
+
+
+class QUNet(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        C, ch, L = cfg.channels, cfg.width, RESIDUAL_LIMBS
+        temb = 4 * ch
+        scales, source = self.input_grid()
+        self.register_buffer("in_scale", scales, persistent=False)
+        self.conv_in = QStage(len(scales), ch, 1, L, [(len(scales), 1)], wlimbs=2, source=source)
+        self.temb0, self.temb2 = WideLinear(ch, temb), WideLinear(temb, temb)
+        res, chans, cur = cfg.tile, [ch], ch
+        self.down = nn.ModuleList()
+        for level, m in enumerate(cfg.mults):
+            for _ in range(cfg.blocks):
+                blk: list[nn.Module] = [QResBlock(cur, ch * m, temb, L)]
+                cur = ch * m
+                if res in cfg.attn_res:
+                    blk.append(QAttention(cur, L))
+                self.down.append(nn.ModuleList(blk))
+                chans.append(cur)
+            if level < len(cfg.mults) - 1:
+                self.down.append(nn.ModuleList([QStage(cur, cur, 2, L)]))
+                chans.append(cur)
+                res //= 2
+        self.mid = nn.ModuleList([QResBlock(cur, cur, temb, L), QAttention(cur, L),
+                                  QResBlock(cur, cur, temb, L)])
+        self.up = nn.ModuleList()
+        for level, m in reversed(list(enumerate(cfg.mults))):
+            for _ in range(cfg.blocks + 1):
+                skip = chans.pop()
+                blk = [QResBlock(cur + skip, ch * m, temb, L, (cur, skip))]
+                cur = ch * m
+                if res in cfg.attn_res:
+                    blk.append(QAttention(cur, L))
+                self.up.append(nn.ModuleList(blk))
+            if level > 0:
+                self.up.append(nn.ModuleList([QStage(cur, cur, 1, L, upsample=True)]))
+                res *= 2
+        self.register_buffer("h_scale", torch.ones(cur, dtype=torch.float64))
+        self.norm_out = QNorm(cur, _groups(cur), act=True)
+        self.conv_out = QConv(cur, C * (2 if cfg.learned_variance else 1), 3, 1, 1)
+        for i in range(len(cfg.fourier_powers)):
+            self.register_buffer(f"fsin{i}", torch.zeros(0), persistent=False)
+            self.register_buffer(f"fcos{i}", torch.zeros(0), persistent=False)
+
+    def prepare(self) -> None:
+        """The Fourier feature tables (derived: after calibration or loading)."""
+        for i, n in enumerate(self.cfg.fourier_powers):
+            s, c = fourier_tables(n, 2)
+            setattr(self, f"fsin{i}", s.to(self.in_scale.device))
+            setattr(self, f"fcos{i}", c.to(self.in_scale.device))
+
+    def input_grid(self) -> tuple[Tensor, list[int]]:
+        """Each input channel's scale (all one limb: z's two limbs, high then low, the
+        Fourier features' likewise, gamma, c, the context), and the float UNet's input
+        channel it stands for."""
+        cfg, C = self.cfg, self.cfg.channels
+        nf = 2 * C * len(cfg.fourier_powers)
+        z, f = 2.0 ** -Z_INPUT_BITS, 1.0 / limb_max(2)
+        scales = [z * LIMB] * C + [z] * C + [f * LIMB] * nf + [f] * nf
+        source = [*range(C), *range(C), *range(C, C + nf), *range(C, C + nf)]
+        rest = [1.0 / LIMB_MAX] * C + [LATENT_RANGE / LIMB_MAX] * cfg.latent_channels
+        if cfg.context:
+            rest += [PIXEL_SCALE] * (CONTEXT_CHANNELS - 1) + [1.0]
+        source += [C + nf + i for i in range(len(rest))]
+        return torch.tensor(scales + rest, dtype=torch.float64), source
+
+    def _fourier(self, z: Tensor) -> Tensor:
+        phase = torch.round(z * float(1 << Z_BITS)).to(torch.int64)
+        sins, coss = [], []
+        for i, n in enumerate(self.cfg.fourier_powers):
+            idx = torch.remainder(phase, 1 << (Z_BITS + 1 - n))
+            sins.append(getattr(self, f"fsin{i}").take(idx))
+            coss.append(getattr(self, f"fcos{i}").take(idx))
+        if not sins:
+            return z.new_zeros(z.shape[0], 0, *z.shape[2:]).float()
+        return torch.cat([torch.stack(sins, 2).flatten(1, 2), torch.stack(coss, 2).flatten(1, 2)], 1)
+
+    def inputs(self, z: Tensor, gamma_norm: Tensor, c: Tensor | None,
+               ctx: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The input integers (B, n_in, S+2m, S+2m) and the time t (B,) of the embedding."""
+        cfg = self.cfg
+        z = z.double()
+        gn = gamma_norm.double().expand_as(z)
+        g = torch.round(gn.clamp(-1024.0, 1024.0) * float(1 << GAMMA_BITS))  # the sum is exact
+        t = g.sum((1, 2, 3)) / tensor_like(g[0].numel() * (1 << GAMMA_BITS), g)
+        zq = torch.round(z * float(1 << Z_INPUT_BITS)).clamp_(-limb_max(2), limb_max(2)).float()
+        feats = [*reversed(split_limbs(zq, 2)), *reversed(split_limbs(self._fourier(z), 2)),
+                 _one_limb(gn, 1.0)]
+        if cfg.latent_channels:
+            assert c is not None
+            cq = F.interpolate(_one_limb(c, LATENT_RANGE), scale_factor=cfg.latent_factor, mode="nearest")
+            feats.append(cq)
+        h = torch.cat(feats, dim=1)
+        m = cfg.context
+        if m:
+            h = F.pad(h, (m, m, m, m))
+            if ctx is None:
+                ctx = h.new_zeros(h.shape[0], CONTEXT_CHANNELS, *h.shape[2:])
+            ctx = ctx.float()
+            h = torch.cat([h, torch.round(ctx[:, :-1] * (1.0 / PIXEL_SCALE)), ctx[:, -1:]], dim=1)
+        return h, t
+
+    def _walk(self, state: Any, step: Callable[[nn.Module, nn.Module | None, Any], Any],
+              join: Callable[[Any, Any], Any], unet: UNet | None = None) -> Any:
+        """Run `step(layer, float_layer, state)` through the blocks (with `unet`'s matching
+        layers, or None), joining the U-Net's skips into the state with `join`."""
+        def run(qblk: nn.ModuleList, blk: nn.ModuleList | None, state: Any) -> Any:
+            pairs = _pairs(qblk, blk) if blk is not None else ((q, None) for q in qblk)
+            for layer, float_layer in pairs:
+                state = step(layer, float_layer, state)
+            return state
+
+        def float_blocks(name: str) -> list[Any]:
+            return list(getattr(unet, name)) if unet is not None else [None] * len(getattr(self, name))
+
+        skips = [state]
+        for qblk, blk in zip(self.down, float_blocks("down")):
+            state = run(qblk, blk, state)
+            skips.append(state)
+        state = run(self.mid, unet.mid if unet is not None else None, state)
+        for qblk, blk in zip(self.up, float_blocks("up")):
+            if isinstance(qblk[0], QResBlock):
+                state = join(state, skips.pop())
+            state = run(qblk, blk, state)
+        return state
+
+    def forward(self, z: Tensor, gamma_norm: Tensor, c: Tensor | None,
+                ctx: Tensor | None = None) -> Tensor:
+        """`UNet.forward`'s output as exact reals (float64)."""
+        x, t = self.inputs(z, gamma_norm, c, ctx)
+        emb = em.silu(self.temb2(em.silu(self.temb0(sinusoid(t, self.cfg.width)))))
+        h = self._walk(self.conv_in(x), lambda layer, _, q: layer(q, emb),
+                       lambda a, b: torch.cat([a, b], dim=1))
+        out = self.conv_out.real(self.conv_out(self.norm_out(h, self.h_scale)))
+        m = self.cfg.context
+        return out[:, :, m:out.shape[2] - m, m:out.shape[3] - m] if m else out
+
+    @torch.no_grad()
+    def calibrate(self, unet: UNet, z: Tensor, gamma_norm: Tensor, c: Tensor | None,
+                  ctx: Tensor | None) -> None:
+        """Quantise `unet` with grids fitted to its activations on these (float) inputs."""
+        cfg = self.cfg
+        feats = [z, fourier_features(z, cfg.fourier_powers), gamma_norm.expand_as(z)]
+        if cfg.latent_channels:
+            assert c is not None
+            feats.append(F.interpolate(c, scale_factor=cfg.latent_factor, mode="nearest"))
+        x = torch.cat(feats, dim=1)
+        m = cfg.context
+        if m:
+            x = F.pad(x, (m, m, m, m))
+            if ctx is None:
+                ctx = x.new_zeros(x.shape[0], CONTEXT_CHANNELS, *x.shape[2:])
+            x = torch.cat([x, ctx], dim=1)
+        emb = unet.temb(timestep_embedding(gamma_norm.expand_as(z).mean(dim=(1, 2, 3)), cfg.width))
+        self.temb0.quantize(unet.temb[0])
+        self.temb2.quantize(unet.temb[2])
+        state = self.conv_in.calibrate(unet.conv_in, x, self.in_scale)
+        h, scale = self._walk(state, lambda layer, fl, st: layer.calibrate(fl, st[0], st[1], emb),
+                              lambda a, b: (torch.cat([a[0], b[0]], 1), torch.cat([a[1], b[1]])), unet)
+        self.h_scale.copy_(scale)
+        self.norm_out.calibrate(unet.norm_out, h)
+        self.conv_out.quantize(unet.conv_out, self.norm_out.out_scale)

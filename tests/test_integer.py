@@ -1,0 +1,120 @@
+"""The integer model computes the same bits however it is run.
+
+Every quantity that decides a probability (the latent posterior, the schedule,
+eps-hat and mse-hat, the chain's Gaussians) must not depend on the float carrier
+of the convolutions, on oneDNN (mkldnn) being used or not, on the thread count,
+or on which other tiles share the batch. Each is checked here against a reference
+evaluation with torch.equal, on tiny models with every kind of layer (latent,
+context, attention, learned variance and end points).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mulancodec.data import RandomCrops
+from mulancodec.evaluate import batch_tensors
+from mulancodec.model import exactmath as em
+from mulancodec.model.intops import carrier
+from mulancodec.model.mulan import alpha_sigma, reverse_step, to_unit
+from mulancodec.quantize import quantize
+
+from conftest import make_tiny_model, smooth_image
+
+B = 16  # a batch this large takes NNPACK's path when oneDNN is off
+
+
+def _tiles(cfg, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    images = [smooth_image(rng, 48, 48, 3) for _ in range(4)]
+    return RandomCrops(images, cfg.tile, cfg.context, seed).batch(0, n)
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-lv", "tiny-nolatent"])
+def case(request):
+    """(float model, integer model, inputs) for a tiny config."""
+    m = make_tiny_model(0, request.param)
+    qm = quantize(m, _tiles(m.cfg, 24, 1))
+    x, ctx = batch_tensors(_tiles(m.cfg, B, 2), "cpu")
+    xu = to_unit(x)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        post = qm.latent_posterior(xu)
+        c = None if post is None else (post[0] + post[1] * torch.randn(post[0].shape, generator=g)).float()
+        gamma = qm.schedule(c, xu).gamma(torch.rand(B, generator=g)).expand_as(xu)
+        a, s = alpha_sigma(gamma, em.EXACT)
+        z = (a * xu + s * torch.randn(xu.shape, generator=g, dtype=torch.float64)).float()
+    return m, qm, (xu, c, gamma.float(), z, ctx)
+
+
+def outputs(qm, inputs) -> list[torch.Tensor]:
+    """Everything the codec takes from the model, for these inputs."""
+    xu, c, gamma, z, ctx = inputs
+    post = qm.latent_posterior(xu)
+    sched = qm.schedule(c, xu)
+    eps, mse = qm.denoise(z, gamma, c, ctx)
+    g_s, g_t = sched.gamma(0.25), sched.gamma(0.3)
+    mean, std = reverse_step(z.double(), eps, g_s, g_t, mse, fns=qm.elementary)
+    out = [eps, mean, std, g_s, g_t]
+    return out + (list(post) if post is not None else []) + ([mse] if mse is not None else [])
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_outputs_are_float64_and_close_to_the_float_model(case):
+    m, qm, (xu, c, gamma, z, ctx) = case
+    with torch.no_grad():
+        eps_f, _ = m.denoise(z, gamma, c, ctx)
+    eps_i, _ = qm.denoise(z, gamma, c, ctx)
+    assert eps_i.dtype == torch.float64
+    err = float((eps_i - eps_f).pow(2).mean().sqrt())
+    assert err < 0.05 * float(eps_f.pow(2).mean().sqrt()) + 1e-4
+
+
+def test_float32_and_float64_carriers_agree(case):
+    _, qm, inputs = case
+    ref = outputs(qm, inputs)
+    with carrier(torch.float64):
+        assert same(outputs(qm, inputs), ref)
+
+
+def test_mkldnn_on_and_off_agree(case):
+    _, qm, inputs = case
+    ref = outputs(qm, inputs)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert same(outputs(qm, inputs), ref)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_thread_counts_agree(case, threads):
+    _, qm, inputs = case
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = outputs(qm, inputs)
+        torch.set_num_threads(threads)
+        assert same(outputs(qm, inputs), ref)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_batch_composition_does_not_matter(case, chunk):
+    """Tiles alone, in chunks, or in the other order give each tile the same outputs."""
+    _, qm, inputs = case
+    xu, c, gamma, z, ctx = inputs
+    ref = qm.denoise(z, gamma, c, ctx)
+    qm.chunk = chunk
+    try:
+        assert same([x for x in qm.denoise(z, gamma, c, ctx) if x is not None],
+                    [x for x in ref if x is not None])
+    finally:
+        qm.chunk = None
+    flip = torch.arange(B - 1, -1, -1)
+    pick = [None if v is None else v[flip] for v in (z, gamma, c, ctx)]
+    eps, _ = qm.denoise(*pick)
+    assert torch.equal(eps[flip], ref[0])
+

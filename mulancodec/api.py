@@ -350,23 +350,18 @@ def check_work(h: fmt.Header, max_work: int | None = None) -> None:
                           "--max-work (0 = no limit) if you trust the file")
 
 
-def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.PathLike | LoadedModel | None",
-            max_pixels: int | None, progress: Callable[[int], None] | None,
-            max_work: int | None = None, threads: int | None = None) -> list[img.Picture]:
-    limit = img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    h, payload = fmt.read(bytes(data), limit)
-    check_work(h, max_work)
-    coded = any(rec.method == fmt.METHOD_MODEL for rec in h.images)
-    if coded and h.version >= 3:  # an integer model's file: any device, any thread count
+def _decoder_model(h: fmt.Header, model: "str | os.PathLike | LoadedModel | None",
+                   device: "str | torch.device | None", threads: int | None) -> tuple[LoadedModel, torch.device]:
+    """The model and device a file's coded tiles decode with; refuses cheaply, before any
+    per-tile allocation, what cannot decode here."""
+    if h.version >= 3:  # an integer model's file: any device, any thread count
         check_threads(threads)
         dev = pick_device(device)
         lm = model_for_file(model, h.model_id, dev)
         if not exact.is_exact(lm.model):
             raise DecodeError("this file (format version 3) needs an integer model, and "
                               f"{lm.path} is a float one")
-        if lm.config.tile != h.tile:
-            raise DecodeError("tile size in the file does not match the model")
-    elif coded:  # everything that can refuse the file cheaply, before any per-tile allocation
+    else:
         _check_decode_threads(h, threads)
         if device is not None and torch.device(device).type != h.backend:
             raise DecodeError(f"this file was encoded on {h.backend}; it decodes only on "
@@ -382,8 +377,19 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
         if exact.is_exact(lm.model):
             raise DecodeError(f"this file (format version {h.version}) needs a float model, and "
                               f"{lm.path} is an integer one")
-        if lm.config.tile != h.tile:
-            raise DecodeError("tile size in the file does not match the model")
+    if lm.config.tile != h.tile:
+        raise DecodeError("tile size in the file does not match the model")
+    return lm, dev
+
+
+def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.PathLike | LoadedModel | None",
+            max_pixels: int | None, progress: Callable[[int], None] | None,
+            max_work: int | None = None, threads: int | None = None) -> list[img.Picture]:
+    limit = img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    h, payload = fmt.read(bytes(data), limit)
+    check_work(h, max_work)
+    if any(rec.method == fmt.METHOD_MODEL for rec in h.images):
+        lm, dev = _decoder_model(h, model, device, threads)
     pics: list[img.Picture | None] = [None] * len(h.images)
     for i, rec in enumerate(h.images):
         if rec.method == fmt.METHOD_EMBED:

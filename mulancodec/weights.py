@@ -74,12 +74,16 @@ def save_model(model: MuLAN, path: str | os.PathLike, dtype: torch.dtype = torch
     config_json = json.dumps(model.cfg.to_dict(), sort_keys=True)
     mid = model_id(config_json, state)
     meta = {"format": "mulancodec-model", "config": config_json, "model_id": mid}
-    meta.update(extra or {})
+    _write(state, path, {**meta, **(extra or {})})
+    return mid
+
+
+def _write(state: dict[str, torch.Tensor], path: str | os.PathLike, meta: dict[str, str]) -> None:
+    """safetensors file written whole or not at all (a temporary file, then a rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)
-    return mid
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -110,11 +114,7 @@ def save_integer_model(model: IntegerMuLAN, path: str | os.PathLike, float_model
     mid = integer_model_id(config_json, str(SCHEME), state)
     meta = {"format": INTEGER_FORMAT, "config": config_json, "scheme": str(SCHEME),
             "float_model_id": float_model_id, "model_id": mid}
-    meta.update(extra or {})
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    _write(state, path, {**meta, **(extra or {})})
     return mid
 
 

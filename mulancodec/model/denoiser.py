@@ -148,13 +148,9 @@ class UNet(nn.Module):
             with torch.no_grad():
                 self.conv_out.bias[C:] = MSE_LOGIT_INIT
 
-    def forward(self, z: Tensor, gamma_norm: Tensor, c: Tensor | None,
-                ctx: Tensor | None = None) -> Tensor:
-        """eps-hat (and mse-hat's logit) for z (B,C,H,W); gamma_norm is gamma mapped to [0,1], per subpixel.
-
-        ctx: (B, 4, H+2m, W+2m) context channels (`mulan.context_channels`), or None
-        when the decoder has no pixel around the tile.
-        """
+    def inputs(self, z: Tensor, gamma_norm: Tensor, c: Tensor | None, ctx: Tensor | None) -> Tensor:
+        """The first convolution's input: z, its Fourier features, gamma, the upsampled
+        latent and, for a context model, the window's context channels (zero-padded z)."""
         cfg = self.cfg
         feats = [z, fourier_features(z, cfg.fourier_powers), gamma_norm.expand_as(z)]
         if cfg.latent_channels:
@@ -167,7 +163,18 @@ class UNet(nn.Module):
             if ctx is None:
                 ctx = h.new_zeros(h.shape[0], CONTEXT_CHANNELS, *h.shape[2:])
             h = torch.cat([h, ctx.to(h.dtype)], dim=1)
-        h = self.conv_in(h)
+        return h
+
+    def forward(self, z: Tensor, gamma_norm: Tensor, c: Tensor | None,
+                ctx: Tensor | None = None) -> Tensor:
+        """eps-hat (and mse-hat's logit) for z (B,C,H,W); gamma_norm is gamma mapped to [0,1], per subpixel.
+
+        ctx: (B, 4, H+2m, W+2m) context channels (`mulan.context_channels`), or None
+        when the decoder has no pixel around the tile.
+        """
+        cfg = self.cfg
+        m = cfg.context
+        h = self.conv_in(self.inputs(z, gamma_norm, c, ctx))
         emb = self.temb(timestep_embedding(gamma_norm.mean(dim=(1, 2, 3)), cfg.width))
         skips = [h]
         for blk in self.down:

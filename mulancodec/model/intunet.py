@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from . import exactmath as em
 from .configs import ModelConfig
-from .denoiser import CONTEXT_CHANNELS, UNet, _groups, fourier_features, timestep_embedding
+from .denoiser import CONTEXT_CHANNELS, UNet, _groups, timestep_embedding
 from .intblocks import QAttention, QResBlock, QStage
 from .intops import LIMB, LIMB_MAX, QConv, QNorm, WideLinear, limb_max, split_limbs, tensor_like
 
@@ -206,17 +206,7 @@ class QUNet(nn.Module):
                   ctx: Tensor | None) -> None:
         """Quantise `unet` with grids fitted to its activations on these (float) inputs."""
         cfg = self.cfg
-        feats = [z, fourier_features(z, cfg.fourier_powers), gamma_norm.expand_as(z)]
-        if cfg.latent_channels:
-            assert c is not None
-            feats.append(F.interpolate(c, scale_factor=cfg.latent_factor, mode="nearest"))
-        x = torch.cat(feats, dim=1)
-        m = cfg.context
-        if m:
-            x = F.pad(x, (m, m, m, m))
-            if ctx is None:
-                ctx = x.new_zeros(x.shape[0], CONTEXT_CHANNELS, *x.shape[2:])
-            x = torch.cat([x, ctx], dim=1)
+        x = unet.inputs(z, gamma_norm, c, ctx)
         emb = unet.temb(timestep_embedding(gamma_norm.expand_as(z).mean(dim=(1, 2, 3)), cfg.width))
         self.temb0.quantize(unet.temb[0])
         self.temb2.quantize(unet.temb[2])

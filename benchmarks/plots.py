@@ -64,9 +64,14 @@ def frontier(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
         for r in pts:
             ax.annotate(f"T={r['steps']}", (r["encode_s"], r["bpd"]), textcoords="offset points",
                         xytext=(5, -10), fontsize=7, color=colour)
+    return _finish(fig, ax, path, title, "encode seconds per image (log)", "bits per subpixel")
+
+
+def _finish(fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """Log-x axes, labels, grid and legend; save the figure and close it."""
     ax.set_xscale("log")
-    ax.set_xlabel("encode seconds per image (log)")
-    ax.set_ylabel("bits per subpixel")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -116,17 +121,8 @@ def frontier_mpx(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
     if len(best) > 1:
         ax.step([r[key] for r in best], [y(r) for r in best], ":", where="post", color="grey",
                 linewidth=1, label="frontier (nothing both faster and smaller)")
-    ax.set_xscale("log")
-    ax.set_xlabel("encode seconds per megapixel (log)")
-    ax.set_ylabel("bits per subpixel (lower is better)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title, "encode seconds per megapixel (log)",
+                   "bits per subpixel (lower is better)")
 
 
 def make_all(rows: list[dict[str, Any]], title: str, out: Path) -> list[Path]:

@@ -265,8 +265,9 @@ def compress(image: img.ImageLike, *, steps: int | None = None, device: "str | t
     With `fallback` (the default) a file stores an embedded PNG/WebP/JPEG-XL instead when
     that is smaller: a lone small image cannot amortise bits-back's start-up cost.
     The image's metadata (ICC, EXIF, XMP, text, dpi, gAMA/cHRM/sRGB) is kept unless `strip`.
-    `threads`: torch CPU threads the network runs on (default: torch's current count). The
-    file records it, and (until files are machine-independent) decodes only with that count.
+    `threads`: torch CPU threads the network runs on (default: torch's current count). A float
+    model's file records it and decodes only with that count; an integer model's file
+    (format version 3) decodes with any.
     On a CPU, `mulancodec.allocator.keep_freed_memory()` makes coding about 8% faster.
     """
     return compress_with_stats(image, steps=steps, device=device, model=model, fallback=fallback,
@@ -479,8 +480,9 @@ def decompress_pictures(data: bytes, *, device: "str | torch.device | None" = No
 
     Limits on what an untrusted file may ask for: `max_pixels` (default 2^28) and
     `max_work`, decoding work in tile-steps (default container.DEFAULT_MAX_WORK = 2^24,
-    about 16,000 tiles at T=1000); 0 means no limit. A file decodes with the CPU thread
-    count it was made with; `threads`, when given, must be that count (ThreadsMismatch).
+    about 16,000 tiles at T=1000); 0 means no limit. A float model's file (format version
+    1 or 2) decodes with the CPU thread count it was made with, so `threads`, when given,
+    must be that count (ThreadsMismatch); an integer model's file decodes with any.
     """
     return _decode(data, device, model, max_pixels, progress, max_work, threads)
 

@@ -111,6 +111,21 @@ def _worker_died(e: BaseException) -> tuple[None, str, int]:
     return None, f"its worker process died ({type(e).__name__})", EXIT_ERROR
 
 
+def _run_files(srcs: list[str], tasks: list[tuple[Any, ...]], workers: int, threads: int | None,
+               ok: Callable[[Any], Any]) -> None:
+    """Run one task per file (`per_file`, up to `workers` processes); `ok` each result in
+    order, one line per failed file (named by `srcs`), and exit with the worst code met."""
+    worst = EXIT_OK
+    for src, (result, err, code) in zip(srcs, run_all(per_file, tasks, workers, threads, _worker_died)):
+        if err is None:
+            ok(result)
+        else:
+            _file_error(src, err)
+            worst = max(worst, code)
+    if worst:
+        sys.exit(worst)
+
+
 def _file_error(src: str, err: str) -> None:
     """One file's one-line error, naming the file (once)."""
     click.echo(f"mulancodec: error: {err if err.startswith(src + ':') else f'{src}: {err}'}", err=True)
@@ -305,16 +320,7 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
     model = lm if workers == 1 else str(lm.path)
     opts["bar"] = opts["bar"] and workers == 1
     tasks = [(_encode_file, srcs, out, opts, model) for srcs, out in jobs]
-    worst = EXIT_OK
-    for (srcs, _), (info, err, code) in zip(jobs, run_all(per_file, tasks, workers, opts["threads"],
-                                                           _worker_died)):
-        if err is None:
-            report(info)
-        else:
-            _file_error(srcs[0], err)
-            worst = max(worst, code)
-    if worst:
-        sys.exit(worst)
+    _run_files([srcs[0] for srcs, _ in jobs], tasks, workers, opts["threads"], report)
 
 
 def _encode_file(srcs: list[str], out: str, opts: dict[str, Any], model: Any) -> dict[str, Any]:
@@ -457,15 +463,8 @@ def decode(inputs: tuple[str, ...], output: str | None, fmt: str | None, threads
     workers = min(jobs_n, len(inputs))
     opts["bar"] = opts["bar"] and workers == 1
     tasks = [(_decode_file, src, folder, True, opts) for src, folder in zip(inputs, folders)]
-    worst = EXIT_OK
-    for src, (line, err, code) in zip(inputs, run_all(per_file, tasks, workers, None, _worker_died)):
-        if err is not None:
-            _file_error(src, err)
-            worst = max(worst, code)
-        elif not quiet:
-            click.echo(line, err=True)
-    if worst:
-        sys.exit(worst)
+    _run_files(list(inputs), tasks, workers, None,
+               lambda line: None if quiet else click.echo(line, err=True))
 
 
 def _decode_folders(inputs: tuple[str, ...], output: str | None) -> list[str]:
@@ -772,6 +771,7 @@ def eval_cmd(data: tuple[str, ...], model_path: str | None, limit: int | None, s
     import torch
 
     from .data import image_tiles, load_images
+    from .api import default_steps
     from .evaluate import evaluate
     from .weights import load_model
 
@@ -786,7 +786,7 @@ def eval_cmd(data: tuple[str, ...], model_path: str | None, limit: int | None, s
         raise CliError(str(e), EXIT_INPUT) from None
     if no_context and images.known is not None:
         images.known[:] = False
-    T = steps if steps is not None else int(lm.meta.get("default_steps", 100))
+    T = steps if steps is not None else default_steps(lm)
     from tqdm import tqdm
 
     with tqdm(total=len(images) * repeats, unit="img", disable=as_json or not sys.stderr.isatty(),

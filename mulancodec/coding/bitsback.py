@@ -44,6 +44,14 @@ class ChainSpec:
     latent_delta: float = 1.0 / 256  # grid of the latent c (prior std 1)
 
 
+def _keep(cache: dict[int, Any], i: int, value: Any, reach: int) -> None:
+    """Store step i's value, dropping steps more than `reach` away: the chain walks the
+    steps in order, so a step's neighbours are all it ever asks for again."""
+    cache[i] = value
+    for old in [k for k in cache if abs(k - i) > reach]:
+        del cache[old]
+
+
 class TileBatch:
     """The model's distributions for one batch of tiles, step by step.
 
@@ -116,17 +124,13 @@ class TileBatch:
         if i not in self._gamma:
             assert self.sched is not None
             g = self.sched.gamma(i / self.spec.steps)
-            self._gamma[i] = g.expand(self.B, 3, self.size, self.size)
-            for old in [k for k in self._gamma if abs(k - i) > 2]:
-                del self._gamma[old]
+            _keep(self._gamma, i, g.expand(self.B, 3, self.size, self.size), 2)
         return self._gamma[i]
 
     def gamma(self, i: int) -> torch.Tensor:
         """gamma_i of the coded subpixels (picked once per step: every codec of a step needs it)."""
         if i not in self._gamma_coded:
-            self._gamma_coded[i] = self.pick(self.gamma_full(i))
-            for old in [k for k in self._gamma_coded if abs(k - i) > 2]:
-                del self._gamma_coded[old]
+            _keep(self._gamma_coded, i, self.pick(self.gamma_full(i)), 2)
         return self._gamma_coded[i]
 
     def _stds(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,9 +170,7 @@ class TileBatch:
             delta = self.spec.kappa * lo
             ratio = float((hi / lo).max().item()) if lo.numel() else 1.0
             radius = int(min(2 ** 22, math.ceil(self.spec.window * ratio / self.spec.kappa)))
-            self._grid[i] = (delta, radius)
-            for old in [k for k in self._grid if abs(k - i) > 1]:
-                del self._grid[old]
+            _keep(self._grid, i, (delta, radius), 1)
         return self._grid[i]
 
     def codec(self, i: int, mean: torch.Tensor, std: torch.Tensor, prior: bool) -> WindowedGaussian:

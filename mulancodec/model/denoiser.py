@@ -15,6 +15,7 @@ around the tile (zero where unknown) and their mask. Only the centre is output.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,16 @@ def fourier_features(z: Tensor, powers: tuple[int, ...]) -> Tensor:
     h = z[:, :, None] * freqs[None, None, :, None, None]  # B, C, P, H, W
     h = h.flatten(1, 2)
     return torch.cat([torch.sin(h), torch.cos(h)], dim=1)
+
+
+def with_context(h: Tensor, ctx: Tensor | None, margin: int,
+                 prepare: Callable[[Tensor], Tensor] = lambda c: c) -> Tensor:
+    """A context model's input: the tile's channels zero-padded to its window, then the
+    context channels (`prepare`d; zeros when the decoder has no pixel around the tile)."""
+    h = F.pad(h, (margin, margin, margin, margin))
+    if ctx is None:
+        ctx = h.new_zeros(h.shape[0], CONTEXT_CHANNELS, *h.shape[2:])
+    return torch.cat([h, prepare(ctx.to(h.dtype))], dim=1)
 
 
 class ResBlock(nn.Module):
@@ -157,13 +168,7 @@ class UNet(nn.Module):
             assert c is not None
             feats.append(F.interpolate(c, scale_factor=cfg.latent_factor, mode="nearest"))
         h = torch.cat(feats, dim=1)
-        m = cfg.context
-        if m:
-            h = F.pad(h, (m, m, m, m))
-            if ctx is None:
-                ctx = h.new_zeros(h.shape[0], CONTEXT_CHANNELS, *h.shape[2:])
-            h = torch.cat([h, ctx.to(h.dtype)], dim=1)
-        return h
+        return with_context(h, ctx, cfg.context) if cfg.context else h
 
     def forward(self, z: Tensor, gamma_norm: Tensor, c: Tensor | None,
                 ctx: Tensor | None = None) -> Tensor:

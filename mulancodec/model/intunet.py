@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from . import exactmath as em
 from .configs import ModelConfig
-from .denoiser import CONTEXT_CHANNELS, UNet, _groups, timestep_embedding
+from .denoiser import CONTEXT_CHANNELS, UNet, _groups, timestep_embedding, with_context
 from .intblocks import QAttention, QResBlock, QStage
 from .intops import LIMB, LIMB_MAX, QConv, QNorm, WideLinear, limb_max, split_limbs, tensor_like
 
@@ -157,13 +157,9 @@ class QUNet(nn.Module):
             cq = F.interpolate(_one_limb(c, LATENT_RANGE), scale_factor=cfg.latent_factor, mode="nearest")
             feats.append(cq)
         h = torch.cat(feats, dim=1)
-        m = cfg.context
-        if m:
-            h = F.pad(h, (m, m, m, m))
-            if ctx is None:
-                ctx = h.new_zeros(h.shape[0], CONTEXT_CHANNELS, *h.shape[2:])
-            ctx = ctx.float()
-            h = torch.cat([h, torch.round(ctx[:, :-1] * (1.0 / PIXEL_SCALE)), ctx[:, -1:]], dim=1)
+        if cfg.context:  # the window's pixels as the integers 2x + 1 - 256 (PIXEL_SCALE), and the mask
+            h = with_context(h, ctx, cfg.context, lambda k: torch.cat(
+                [torch.round(k[:, :-1] * (1.0 / PIXEL_SCALE)), k[:, -1:]], dim=1))
         return h, t
 
     def _walk(self, state: Any, step: Callable[[nn.Module, nn.Module | None, Any], Any],

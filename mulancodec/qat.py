@@ -2,9 +2,10 @@
 
 `attach` makes every convolution of a model's denoiser that the integer model
 runs at one limb (all but the input convolution) see what it will see there:
-its input rounded to 255 levels per channel (the SiLU outputs and the one-limb
-copies of the residual stream) and its weights to 255 levels per output
-channel. Gradients pass the rounding unchanged (straight-through), so training
+its input rounded per channel to 511 levels over [min, max] (the SiLU outputs,
+read by the ResBlocks' convolutions and the output convolution: integer scheme
+2's zero points) or 255 levels of its largest magnitude (the one-limb copies of
+the residual stream), and its weights to 255 levels per output channel. Gradients pass the rounding unchanged (straight-through), so training
 moves the float weights to where rounding them costs least; `quantize.quantize`
 then makes the integer model from the result as from any float model. The
 two-limb parts of the integer model (input convolution, latent encoder,
@@ -22,17 +23,26 @@ from .model.intops import LIMB_MAX
 from .model.mulan import MuLAN
 
 
-def fake_quant(x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """x rounded to 255 levels of its largest magnitude over `dims`, gradient passed through."""
-    scale = x.detach().abs().amax(dim=dims, keepdim=True).clamp(min=1e-12) / LIMB_MAX
-    return x + (torch.round(x / scale) * scale - x).detach()
+def fake_quant(x: Tensor, dims: tuple[int, ...], zero_point: bool = False) -> Tensor:
+    """x rounded to 255 levels of its largest magnitude over `dims` (with `zero_point`: to
+    the grid of 2 x 255 steps over [min, max], as `intops.Tables`), gradient passed through."""
+    with torch.no_grad():
+        if zero_point:
+            lo, hi = x.amin(dim=dims, keepdim=True).clamp(max=0), x.amax(dim=dims, keepdim=True).clamp(min=0)
+            scale = (hi - lo).clamp(min=1e-12) / (2 * LIMB_MAX)
+            zero = torch.round(-(hi + lo) / (2 * scale))
+            q = (torch.round(x / scale) + zero).clamp(-LIMB_MAX, LIMB_MAX).sub(zero) * scale
+        else:
+            scale = x.abs().amax(dim=dims, keepdim=True).clamp(min=1e-12) / LIMB_MAX
+            q = torch.round(x / scale) * scale
+    return x + (q - x).detach()
 
 
 def _before(conv: nn.Conv2d, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     conv._qat_float = conv.weight.data  # type: ignore[assignment]
     with torch.no_grad():
         conv.weight.data = fake_quant(conv.weight.data, (1, 2, 3))
-    return (fake_quant(inputs[0], (0, 2, 3)),) + inputs[1:]
+    return (fake_quant(inputs[0], (0, 2, 3), conv._qat_zero_point),) + inputs[1:]  # type: ignore[arg-type]
 
 
 def _after(conv: nn.Conv2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -46,5 +56,6 @@ def attach(model: MuLAN) -> list[torch.utils.hooks.RemovableHandle]:
     handles = []
     for name, m in model.denoiser.named_modules():
         if isinstance(m, nn.Conv2d) and name != "conv_in":
+            m._qat_zero_point = name == "conv_out" or name.endswith(("conv1", "conv2"))  # type: ignore[assignment]
             handles += [m.register_forward_pre_hook(_before), m.register_forward_hook(_after)]
     return handles

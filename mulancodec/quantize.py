@@ -13,7 +13,7 @@ import torch
 
 from .data import RandomCrops, TileSet, load_images
 from .evaluate import batch_tensors
-from .model.integer import IntegerMuLAN
+from .model.integer import SCHEME, IntegerMuLAN
 from .model.mulan import MuLAN, alpha_sigma, to_unit
 
 CALIBRATION_TILES = 48
@@ -26,8 +26,8 @@ def calibration_tiles(paths: str | list[str], tile: int, margin: int, n: int = C
 
 
 @torch.no_grad()
-def quantize(model: MuLAN, tiles: TileSet | np.ndarray, seed: int = 0) -> IntegerMuLAN:
-    """The integer model of `model`, with grids calibrated on `tiles` (CPU)."""
+def quantize(model: MuLAN, tiles: TileSet | np.ndarray, seed: int = 0, scheme: int = SCHEME) -> IntegerMuLAN:
+    """The integer model of `model` (integer `scheme`), with grids calibrated on `tiles` (CPU)."""
     model = model.eval().cpu()
     if not isinstance(tiles, TileSet):
         tiles = TileSet(tiles)
@@ -42,7 +42,7 @@ def quantize(model: MuLAN, tiles: TileSet | np.ndarray, seed: int = 0) -> Intege
     g = sched.gamma(t).expand_as(xu)
     a, s = alpha_sigma(g)
     z = a * xu + s * torch.randn(xu.shape, generator=gen)
-    qm = IntegerMuLAN(model.cfg)
+    qm = IntegerMuLAN(model.cfg, scheme)
     if qm.encoder is not None:
         qm.encoder.calibrate(model.encoder, xu)
     qm.schedule_net.calibrate(model.schedule_net, c)

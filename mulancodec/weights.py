@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .model.configs import ModelConfig
-from .model.integer import SCHEME, IntegerMuLAN
+from .model.integer import SCHEMES, IntegerMuLAN
 from .model.intops import QConv
 from .model.mulan import MuLAN
 
@@ -111,8 +111,8 @@ def save_integer_model(model: IntegerMuLAN, path: str | os.PathLike, float_model
     """Write an integer model (tensors as they are); returns its model id."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     config_json = json.dumps(model.cfg.to_dict(), sort_keys=True)
-    mid = integer_model_id(config_json, str(SCHEME), state)
-    meta = {"format": INTEGER_FORMAT, "config": config_json, "scheme": str(SCHEME),
+    mid = integer_model_id(config_json, str(model.scheme), state)
+    meta = {"format": INTEGER_FORMAT, "config": config_json, "scheme": str(model.scheme),
             "float_model_id": float_model_id, "model_id": mid}
     _write(state, path, {**meta, **(extra or {})})
     return mid
@@ -153,11 +153,13 @@ def _config(p: Path, meta: dict[str, str]) -> ModelConfig:
 
 def _load_integer(p: Path, meta: dict[str, str], device: str | torch.device) -> LoadedModel:
     cfg = _config(p, meta)
-    if meta.get("scheme") != str(SCHEME):
-        raise ModelFileError(f"{p}: integer scheme {meta.get('scheme')!r} is not this mulancodec's "
-                             f"({SCHEME}); upgrade mulancodec")
-    state = _read_checked(p, lambda: IntegerMuLAN(cfg), dtypes=True)
-    model = IntegerMuLAN(cfg)
+    known = {str(s): s for s in SCHEMES}
+    if meta.get("scheme") not in known:
+        raise ModelFileError(f"{p}: integer scheme {meta.get('scheme')!r} is not one of this "
+                             f"mulancodec's ({', '.join(known)}); upgrade mulancodec")
+    scheme = known[meta["scheme"]]
+    state = _read_checked(p, lambda: IntegerMuLAN(cfg, scheme), dtypes=True)
+    model = IntegerMuLAN(cfg, scheme)
     model.load_state_dict(state, strict=True)
     if not all(m.exact() for m in model.modules() if isinstance(m, QConv)):
         raise ModelFileError(f"{p}: weights beyond what exact integer sums allow")

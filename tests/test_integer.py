@@ -31,11 +31,13 @@ def _tiles(cfg, n: int, seed: int):
     return RandomCrops(images, cfg.tile, cfg.context, seed).batch(0, n)
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny-lv", "tiny-nolatent"])
+@pytest.fixture(scope="module", params=[("tiny", 2), ("tiny-lv", 2), ("tiny-nolatent", 2), ("tiny-lv", 1)],
+                ids=lambda p: f"{p[0]}-scheme{p[1]}")
 def case(request):
-    """(float model, integer model, inputs) for a tiny config."""
-    m = make_tiny_model(0, request.param)
-    qm = quantize(m, _tiles(m.cfg, 24, 1))
+    """(float model, integer model, inputs) for a tiny config and integer scheme."""
+    name, scheme = request.param
+    m = make_tiny_model(0, name)
+    qm = quantize(m, _tiles(m.cfg, 24, 1), scheme=scheme)
     x, ctx = batch_tensors(_tiles(m.cfg, B, 2), "cpu")
     xu = to_unit(x)
     g = torch.Generator().manual_seed(3)

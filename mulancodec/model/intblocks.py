@@ -8,7 +8,8 @@ scale. The arithmetic is exact (`intops`): outputs are identical on every
 machine, for any batch composition.
 
 Grids: the residual stream holds `limbs`-limb integers; SiLU outputs, which the
-3x3 convolutions read, one limb; every grid has one scale per channel.
+3x3 convolutions read, one limb (with `zero_point`, spanning each channel's
+[min, max]: integer scheme 2); every grid has one scale per channel.
 """
 from __future__ import annotations
 
@@ -89,14 +90,15 @@ class QStage(nn.Module):
 class QResBlock(nn.Module):
     """`denoiser.ResBlock`; its input may be a concatenation of parts (channel counts)."""
 
-    def __init__(self, cin: int, cout: int, temb: int, limbs: int, parts: tuple[int, ...] = ()) -> None:
+    def __init__(self, cin: int, cout: int, temb: int, limbs: int, parts: tuple[int, ...] = (),
+                 zero_point: bool = False) -> None:
         super().__init__()
         self.limbs = limbs
-        self.norm1 = QNorm(cin, _groups(cin), act=True)
-        self.conv1 = QConv(cin, cout, 3, 1, 1)
+        self.norm1 = QNorm(cin, _groups(cin), act=True, zero_point=zero_point)
+        self.conv1 = QConv(cin, cout, 3, 1, 1, zero_point=zero_point)
         self.emb = WideLinear(temb, 2 * cout)
-        self.norm2 = QNorm(cout, _groups(cout), act=True)
-        self.conv2 = QConv(cout, cout, 3, 1, 1)
+        self.norm2 = QNorm(cout, _groups(cout), act=True, zero_point=zero_point)
+        self.conv2 = QConv(cout, cout, 3, 1, 1, zero_point=zero_point)
         self.skip = QConv(cin, cout, 1, groups=[(n, 1) for n in parts or (cin,)]) if cin != cout else None
         self.register_buffer("in_scale", torch.ones(cin, dtype=torch.float64))
         self.register_buffer("in_step", torch.ones(cin, dtype=torch.float64))  # the skip's input grid
@@ -106,12 +108,12 @@ class QResBlock(nn.Module):
     def calibrate(self, blk: nn.Module, h: Tensor, in_scale: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
         self.in_scale.copy_(in_scale)
         a1 = self.norm1.calibrate(blk.norm1, h)
-        self.conv1.quantize(blk.conv1, self.norm1.out_scale)
+        self.conv1.quantize(blk.conv1, self.norm1.out_scale, in_zero=self.norm1.out_zero)
         y = blk.conv1(a1)
         self.emb.quantize(blk.emb)
         scale, shift = blk.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
         a2 = self.norm2.calibrate(blk.norm2, y, (scale, shift))
-        self.conv2.quantize(blk.conv2, self.norm2.out_scale)
+        self.conv2.quantize(blk.conv2, self.norm2.out_scale, in_zero=self.norm2.out_zero)
         if self.skip is not None:
             self.in_step.copy_(narrow_step(h))
             self.skip.quantize(blk.skip, self.in_step)

@@ -22,22 +22,27 @@ from .intaux import QLatentEncoder, QScheduleNet
 from .intops import exact_kernels, tensor_like
 from .intunet import QUNet
 
-# The integer scheme (grids, limbs, tables) models are quantised with: stored in a model
-# file, which loads only into the code of its scheme.
-SCHEME = 1
 from .schedule import Schedule
+
+# The integer schemes (grids, limbs, tables): a model file stores its own and loads into
+# that scheme's code. 1: SiLU outputs on grids symmetric about 0; 2 (what `quantize`
+# makes): the grids that the 3x3 convolutions read span [min, max] (zero points).
+SCHEMES = (1, 2)
+SCHEME = 2
 
 
 class IntegerMuLAN(nn.Module):
     elementary = EXACT
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, scheme: int = SCHEME) -> None:
         super().__init__()
         cfg.validate()
-        self.cfg = cfg
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown integer scheme {scheme}")
+        self.cfg, self.scheme = cfg, scheme
         self.encoder = QLatentEncoder(cfg) if cfg.latent_channels else None
         self.schedule_net = QScheduleNet(cfg)
-        self.denoiser = QUNet(cfg)
+        self.denoiser = QUNet(cfg, zero_point=scheme >= 2)
         self.chunk: int | None = None  # tiles per network call (the results do not depend on it)
 
     @property

@@ -130,14 +130,23 @@ def sum_in_order(x: Tensor) -> Tensor:
 
 
 class Tables(nn.Module):
-    """One table per channel of round(fn(k step_c) / out_scale_c), k = -TABLE_HALF..TABLE_HALF
-    (clamped to +-qmax), laid end to end; `lookup` maps each channel's integers through its own."""
+    """One table per channel of round(fn(k step_c) / out_scale_c) + zero_c, k =
+    -TABLE_HALF..TABLE_HALF (clamped to +-qmax), laid end to end; `lookup` maps each
+    channel's integers through its own. An output integer q stands for (q - zero_c)
+    out_scale_c: with `zero_point` the grid spans [min, max] of the calibrated outputs
+    and 0 (SiLU's lie in [-0.28, max], so this halves the step of a grid symmetric about
+    0), and |zero_c| <= qmax; without, zero_c = 0."""
 
-    def __init__(self, channels: int, fn: Callable[[Tensor], Tensor], limbs: int) -> None:
+    def __init__(self, channels: int, fn: Callable[[Tensor], Tensor], limbs: int,
+                 zero_point: bool = False) -> None:
         super().__init__()
         self.fn, self.qmax = fn, limb_max(limbs)
         self.register_buffer("step", torch.ones(channels, dtype=torch.float64))
         self.register_buffer("out_scale", torch.ones(channels, dtype=torch.float64))
+        if zero_point:
+            self.register_buffer("zero", torch.zeros(channels, dtype=torch.float64))
+        else:
+            self.zero: Tensor | None = None
         self.register_buffer("table", torch.zeros(0), persistent=False)
         self.register_buffer("offset", torch.zeros(0), persistent=False)
 
@@ -147,15 +156,22 @@ class Tables(nn.Module):
         y = self.fn(x.double()).to(x.dtype)
         dims = [0] + list(range(2, x.dim()))
         self.step.copy_(1.25 * x.abs().amax(dims).double() / TABLE_HALF + 1e-12)
-        self.out_scale.copy_(y.abs().amax(dims).double() / self.qmax + 1e-12)
+        if self.zero is None:
+            self.out_scale.copy_(y.abs().amax(dims).double() / self.qmax + 1e-12)
+        else:
+            lo, hi = y.amin(dims).double().clamp(max=0.0), y.amax(dims).double().clamp(min=0.0)
+            self.out_scale.copy_((hi - lo) / (2 * self.qmax) + 1e-12)
+            self.zero.copy_(torch.round(-(hi + lo) / (2 * self.out_scale)))
         self.prepare()
         return y
 
     def prepare(self) -> None:
         C, n = self.step.numel(), 2 * TABLE_HALF + 1
         k = torch.arange(-TABLE_HALF, TABLE_HALF + 1, dtype=torch.float64, device=self.step.device)
-        y = self.fn(k[None, :] * self.step[:, None]) / self.out_scale[:, None]
-        self.table = torch.round(y).clamp_(-self.qmax, self.qmax).float().reshape(-1)
+        y = torch.round(self.fn(k[None, :] * self.step[:, None]) / self.out_scale[:, None])
+        if self.zero is not None:
+            y += self.zero[:, None]
+        self.table = y.clamp_(-self.qmax, self.qmax).float().reshape(-1)
         self.offset = (torch.arange(C, device=self.step.device) * n + TABLE_HALF).float()
 
     def lookup(self, n: Tensor) -> Tensor:
@@ -174,10 +190,15 @@ class QConv(nn.Module):
     one-limb group and one-limb weights, otherwise the exact sums of each group and
     pair of limbs combined in float32 in a fixed order. `real` gives the layer's
     real-valued output.
+
+    With `zero_point` the (one-limb) input integers q stand for (q - zero_c) scale_c
+    (a `Tables` grid with zero points): the padding is zero_c, not 0, and the bias
+    absorbs the weights' sum times zero_c, so the sums stay those of one-limb operands.
     """
 
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0,
-                 groups: Sequence[tuple[int, int]] | None = None, wlimbs: int = 1) -> None:
+                 groups: Sequence[tuple[int, int]] | None = None, wlimbs: int = 1,
+                 zero_point: bool = False) -> None:
         super().__init__()
         self.stride, self.padding, self.wlimbs = stride, padding, wlimbs
         self.groups = list(groups) if groups is not None else [(cin, 1)]
@@ -186,6 +207,11 @@ class QConv(nn.Module):
         self.register_buffer("weight", torch.zeros(cout, cin, k, k, dtype=wtype))
         self.register_buffer("g_scale", torch.ones(len(self.groups), cout, dtype=torch.float64))
         self.register_buffer("bias", torch.zeros(cout, dtype=torch.float64))
+        if zero_point:
+            assert self.groups == [(cin, 1)] and wlimbs == 1
+            self.register_buffer("in_zero", torch.zeros(cin, dtype=torch.float64))
+        else:
+            self.in_zero: Tensor | None = None
 
     @property
     def w_scale(self) -> Tensor:
@@ -200,9 +226,11 @@ class QConv(nn.Module):
         return out
 
     @torch.no_grad()
-    def quantize(self, conv: nn.Conv2d, in_scale: Tensor, source: Sequence[int] | None = None) -> None:
-        """Integer weights for `conv` reading integers of per-channel scale `in_scale`; input
-        channel i is conv's channel source[i] (the limbs of one input are channels of their own)."""
+    def quantize(self, conv: nn.Conv2d, in_scale: Tensor, source: Sequence[int] | None = None,
+                 in_zero: Tensor | None = None) -> None:
+        """Integer weights for `conv` reading integers of per-channel scale `in_scale` (and zero
+        points `in_zero`); input channel i is conv's channel source[i] (the limbs of one input
+        are channels of their own)."""
         w = conv.weight.detach().double()
         if source is not None:
             w = w[:, list(source)]
@@ -220,6 +248,11 @@ class QConv(nn.Module):
             self.weight[:, lo:hi] = q.to(self.weight.dtype)
             self.g_scale[g] = scale
         self.bias.copy_(conv.bias.detach().double() if conv.bias is not None else 0.0)
+        if self.in_zero is not None:
+            assert in_zero is not None
+            self.in_zero.copy_(in_zero)
+            offset = (self.weight.double().sum((2, 3)) * in_zero.view(1, -1)).sum(1)  # integers
+            self.bias.sub_(offset * self.w_scale)
 
     def exact(self) -> bool:
         """Whether every partial sum is provably exact: weight limbs within +-255 and each
@@ -229,25 +262,37 @@ class QConv(nn.Module):
                 mag = part.abs().flatten(1)
                 if float(mag.max()) > LIMB_MAX or float(mag.sum(1).max()) > WEIGHT_BUDGET:
                     return False
+        zero_ok = self.in_zero is None or bool(
+            (self.in_zero.abs() <= LIMB_MAX).all() and (self.in_zero == self.in_zero.round()).all())
         return bool(torch.isfinite(self.g_scale).all() and (self.g_scale > 0).all()
-                    and torch.isfinite(self.bias).all())
+                    and torch.isfinite(self.bias).all() and zero_ok)
 
-    def _conv(self, x: Tensor, w: Tensor) -> Tensor:
+    def _conv(self, x: Tensor, w: Tensor, padding: int) -> Tensor:
         dt = _CARRIER.get()
         if x.shape[1] < 32 or w.shape[0] < 8:  # oneDNN is far faster so for few channels
             x = x.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x.to(dt), w.to(dt), None, self.stride, self.padding).float()
+        return F.conv2d(x.to(dt), w.to(dt), None, self.stride, padding).float()
+
+    def _pad_zero(self, q: Tensor) -> Tensor:
+        """q padded with each channel's zero point (what stands for 0)."""
+        assert self.in_zero is not None
+        p, (B, C, H, W) = self.padding, q.shape
+        out = per_channel(self.in_zero).expand(B, C, H + 2 * p, W + 2 * p).clone()
+        out[:, :, p:p + H, p:p + W] = q
+        return out
 
     def forward(self, q: Tensor) -> Tensor:
+        if self.in_zero is not None and self.padding:
+            return self._conv(self._pad_zero(q), self.weight, 0).contiguous()
         if self.groups == [(q.shape[1], 1)] and self.wlimbs == 1:
-            return self._conv(q, self.weight).contiguous()
+            return self._conv(q, self.weight, self.padding).contiguous()
         B = q.shape[0]
         acc = None
         for g, (lo, hi, limbs) in enumerate(self._spans()):
             ratio = per_channel(self.g_scale[g] / self.g_scale[0])
             x = torch.cat(split_limbs(q[:, lo:hi], limbs))  # the limbs as more batch entries
             for k, w in enumerate(split_weight(self.weight[:, lo:hi].double(), self.wlimbs)):
-                for j, part in enumerate(self._conv(x, w).split(B)):
+                for j, part in enumerate(self._conv(x, w, self.padding).split(B)):
                     term = part.mul_(ratio * float(LIMB ** (j + k)))
                     acc = term if acc is None else acc.add_(term)
         assert acc is not None
@@ -305,18 +350,23 @@ def _stats(x: Tensor, scale: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
 class QNorm(nn.Module):
     """GroupNorm of integers x (real value x scale + bias per channel), an optional
     per-sample affine, then SiLU through tables (`act`) or nothing, onto per-channel
-    grids of `limbs` limbs."""
+    grids of `limbs` limbs (with zero points: `Tables`)."""
 
-    def __init__(self, channels: int, groups: int, act: bool, limbs: int = 1, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, groups: int, act: bool, limbs: int = 1, eps: float = 1e-5,
+                 zero_point: bool = False) -> None:
         super().__init__()
         self.groups, self.act, self.eps, self.qmax = groups, act, eps, limb_max(limbs)
         self.register_buffer("gamma", torch.ones(channels, dtype=torch.float64))
         self.register_buffer("beta", torch.zeros(channels, dtype=torch.float64))
-        self.tables = Tables(channels, em.silu if act else (lambda v: v), limbs)
+        self.tables = Tables(channels, em.silu if act else (lambda v: v), limbs, zero_point and act)
 
     @property
     def out_scale(self) -> Tensor:
         return self.tables.out_scale
+
+    @property
+    def out_zero(self) -> Tensor | None:
+        return self.tables.zero
 
     @torch.no_grad()
     def calibrate(self, norm: nn.GroupNorm, x: Tensor,

@@ -64,10 +64,12 @@ def _pairs(qblk: nn.ModuleList, blk: nn.ModuleList) -> Iterator[tuple[nn.Module,
 
 
 class QUNet(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """The U-Net; `zero_point`: SiLU grids with zero points (integer scheme 2)."""
+
+    def __init__(self, cfg: ModelConfig, zero_point: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        C, ch, L = cfg.channels, cfg.width, RESIDUAL_LIMBS
+        C, ch, L, zp = cfg.channels, cfg.width, RESIDUAL_LIMBS, zero_point
         temb = 4 * ch
         scales, source = self.input_grid()
         self.register_buffer("in_scale", scales, persistent=False)
@@ -77,7 +79,7 @@ class QUNet(nn.Module):
         self.down = nn.ModuleList()
         for level, m in enumerate(cfg.mults):
             for _ in range(cfg.blocks):
-                blk: list[nn.Module] = [QResBlock(cur, ch * m, temb, L)]
+                blk: list[nn.Module] = [QResBlock(cur, ch * m, temb, L, zero_point=zp)]
                 cur = ch * m
                 if res in cfg.attn_res:
                     blk.append(QAttention(cur, L))
@@ -87,13 +89,13 @@ class QUNet(nn.Module):
                 self.down.append(nn.ModuleList([QStage(cur, cur, 2, L)]))
                 chans.append(cur)
                 res //= 2
-        self.mid = nn.ModuleList([QResBlock(cur, cur, temb, L), QAttention(cur, L),
-                                  QResBlock(cur, cur, temb, L)])
+        self.mid = nn.ModuleList([QResBlock(cur, cur, temb, L, zero_point=zp), QAttention(cur, L),
+                                  QResBlock(cur, cur, temb, L, zero_point=zp)])
         self.up = nn.ModuleList()
         for level, m in reversed(list(enumerate(cfg.mults))):
             for _ in range(cfg.blocks + 1):
                 skip = chans.pop()
-                blk = [QResBlock(cur + skip, ch * m, temb, L, (cur, skip))]
+                blk = [QResBlock(cur + skip, ch * m, temb, L, (cur, skip), zp)]
                 cur = ch * m
                 if res in cfg.attn_res:
                     blk.append(QAttention(cur, L))
@@ -102,8 +104,8 @@ class QUNet(nn.Module):
                 self.up.append(nn.ModuleList([QStage(cur, cur, 1, L, upsample=True)]))
                 res *= 2
         self.register_buffer("h_scale", torch.ones(cur, dtype=torch.float64))
-        self.norm_out = QNorm(cur, _groups(cur), act=True)
-        self.conv_out = QConv(cur, C * (2 if cfg.learned_variance else 1), 3, 1, 1)
+        self.norm_out = QNorm(cur, _groups(cur), act=True, zero_point=zp)
+        self.conv_out = QConv(cur, C * (2 if cfg.learned_variance else 1), 3, 1, 1, zero_point=zp)
         for i in range(len(cfg.fourier_powers)):
             self.register_buffer(f"fsin{i}", torch.zeros(0), persistent=False)
             self.register_buffer(f"fcos{i}", torch.zeros(0), persistent=False)
@@ -211,4 +213,4 @@ class QUNet(nn.Module):
                               lambda a, b: (torch.cat([a[0], b[0]], 1), torch.cat([a[1], b[1]])), unet)
         self.h_scale.copy_(scale)
         self.norm_out.calibrate(unet.norm_out, h)
-        self.conv_out.quantize(unet.conv_out, self.norm_out.out_scale)
+        self.conv_out.quantize(unet.conv_out, self.norm_out.out_scale, in_zero=self.norm_out.out_zero)

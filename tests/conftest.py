@@ -27,6 +27,8 @@ CIFAR10_MODEL = ROOT / "models" / "cifar10-v1" / "model.safetensors"
 CIFAR10_LV_MODEL = ROOT / "models" / "cifar10" / "model.safetensors"
 # An integer model (format version 3 files; the version-3 golden files are made with it).
 CIFAR10_INT_MODEL = ROOT / "models" / "cifar10-int" / "model.safetensors"
+# An integer model of scheme 2 (zero-point grids): the v3_scheme2 golden file.
+PHOTO_INT_MODEL = ROOT / "models" / "photo-int" / "model.safetensors"
 
 
 def make_tiny_model(seed: int = 0, config: str = "tiny", noise: float = 0.02):

@@ -3,7 +3,8 @@
 The files in tests/golden/ were made by tests/golden/make_golden.py at T=3: with the
 shipped CIFAR-10 model (CPU, one thread) version 1 files (FILES_V1) before version 2
 existed and version 2 files (v2_*, with metadata) before version 3; with its integer
-model (cifar10-int, two threads) version 3 files (v3_*), which decode anywhere. They pin the
+model (cifar10-int, integer scheme 1, two threads) version 3 files (v3_*), which decode
+anywhere, and with photo-int (integer scheme 2) v3_scheme2. They pin the
 on-disk format and the coding chain: if a change makes them decode differently
 (or not at all), either the change is a bug, or it is a format change, which needs
 a new container.VERSION and, deliberately, new golden files of that version. Files
@@ -21,32 +22,31 @@ import mulancodec as mc
 from mulancodec.api import env_tag, get_model
 from mulancodec.coding import container as fmt
 
-from conftest import CIFAR10_INT_MODEL, CIFAR10_MODEL
+from conftest import CIFAR10_INT_MODEL, CIFAR10_MODEL, PHOTO_INT_MODEL
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 FILES_V1 = ["rgb", "stream", "grey", "rgba", "palette"]
 FILES_V2 = ["v2_meta", "v2_stream", "v2_embedded"]
-FILES_V3 = ["v3_meta", "v3_stream"]
+FILES_V3 = ["v3_meta", "v3_stream", "v3_scheme2"]
 VERSION_OF = {**{n: 1 for n in FILES_V1}, **{n: 2 for n in FILES_V2}, **{n: 3 for n in FILES_V3}}
+MODEL_OF = {**{n: CIFAR10_MODEL for n in FILES_V1 + FILES_V2}, **{n: CIFAR10_INT_MODEL for n in FILES_V3},
+            "v3_scheme2": PHOTO_INT_MODEL}
 FILES = FILES_V1 + FILES_V2 + FILES_V3
 
 
 @pytest.fixture(scope="module")
-def cifar():
-    assert CIFAR10_MODEL.exists(), "the golden files need the shipped cifar10 model"
-    return get_model(CIFAR10_MODEL, torch.device("cpu"))
-
-
-@pytest.fixture(scope="module")
-def cifar_int():
-    assert CIFAR10_INT_MODEL.exists(), "the version-3 golden files need the shipped cifar10-int model"
-    return get_model(CIFAR10_INT_MODEL, torch.device("cpu"))
+def models():
+    """name -> the shipped model its golden file was made with."""
+    for p in set(MODEL_OF.values()):
+        assert p.exists(), f"the golden files need the shipped model {p.parent.name}"
+    loaded = {p: get_model(p, torch.device("cpu")) for p in set(MODEL_OF.values())}
+    return {name: loaded[p] for name, p in MODEL_OF.items()}
 
 
 @pytest.fixture(scope="module")
 def expected() -> dict[str, np.ndarray]:
     out = {}
-    for f in ("expected.npz", "expected_v2.npz", "expected_v3.npz"):
+    for f in ("expected.npz", "expected_v2.npz", "expected_v3.npz", "expected_v3_scheme2.npz"):
         with np.load(GOLDEN / f, allow_pickle=False) as z:
             out.update({k: z[k] for k in z.files})
     return out
@@ -71,20 +71,20 @@ def test_there_are_golden_files_of_the_current_version():
 
 
 @pytest.mark.parametrize("name", FILES_V2 + FILES_V3)
-def test_golden_files_carry_their_metadata(name, cifar, cifar_int):
+def test_golden_files_carry_their_metadata(name, models):
     from golden.make_golden import META
 
     data = (GOLDEN / f"{name}.mlc").read_bytes()
-    first = mc.decompress_pictures(data, model=cifar_int if name in FILES_V3 else cifar, device="cpu")[0]
+    first = mc.decompress_pictures(data, model=models[name], device="cpu")[0]
     assert first.meta.info() == META  # byte-identical blobs, the same text and numbers
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_golden_file_decodes_to_its_pixels(name, cifar, cifar_int, expected):
+def test_golden_file_decodes_to_its_pixels(name, models, expected):
     data = (GOLDEN / f"{name}.mlc").read_bytes()
     h = mc.read_header(data)
     try:
-        pics = mc.decompress_pictures(data, model=cifar_int if h.version >= 3 else cifar, device="cpu")
+        pics = mc.decompress_pictures(data, model=models[name], device="cpu")
     except mc.DecodeError:
         if h.env_tag != env_tag(torch.device("cpu")):  # float results may differ on another CPU/torch
             pytest.skip("the golden files were made with another torch version or CPU kind")
@@ -102,14 +102,14 @@ def test_golden_file_decodes_to_its_pixels(name, cifar, cifar_int, expected):
 
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("mkldnn", [True, False])
-def test_version_3_golden_files_decode_under_any_threads_and_kernels(threads, mkldnn, cifar_int, expected):
+def test_version_3_golden_files_decode_under_any_threads_and_kernels(threads, mkldnn, models, expected):
     """Made with two threads; nothing about the machine is in the header or needed."""
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
         with torch.backends.mkldnn.flags(enabled=mkldnn):
             for name in FILES_V3:
-                pics = mc.decompress_pictures((GOLDEN / f"{name}.mlc").read_bytes(), model=cifar_int)
+                pics = mc.decompress_pictures((GOLDEN / f"{name}.mlc").read_bytes(), model=models[name])
                 assert all(np.array_equal(p.array(), expected[f"{name}/{i}"]) for i, p in enumerate(pics))
     finally:
         torch.set_num_threads(old)

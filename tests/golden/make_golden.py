@@ -1,10 +1,11 @@
 """Regenerate the golden .mlc files in this folder (tests/test_golden.py decodes them).
 
-Run this ONLY ON PURPOSE, when the container format VERSION changes: the golden
-files pin the bytes earlier releases wrote, so a change in how files decode is
-caught by the tests instead of being silently re-recorded. From the repository root:
+Run this ONLY ON PURPOSE, when the container format VERSION changes (or a new
+integer scheme needs its own file): the golden files pin the bytes earlier
+releases wrote, so a change in how files decode is caught by the tests instead of
+being silently re-recorded. From the repository root:
 
-    python tests/golden/make_golden.py
+    python tests/golden/make_golden.py [v3 | v3-scheme2]
 
 It writes the current version's files only: files of earlier versions are never
 rewritten, they must keep decoding.
@@ -21,6 +22,10 @@ with the shipped integer CIFAR-10 model (cifar10-int), whose files decode on any
 machine and thread count: v3_meta.mlc (RGB with every kind of metadata) and
 v3_stream.mlc (an RGB image with metadata, a grey one and an RGBA one, in
 batches of at most two tiles), encoded with two threads.
+Version 3, integer scheme 2 (`v3-scheme2`, from images_v3_scheme2, as
+v3_scheme2.mlc and expected_v3_scheme2.npz): a 70x40 RGB image (two 64x64 tiles,
+partial, the first seeing the second as context) with the shipped photo-int
+model, two threads.
 All at T = STEPS; the images are synthetic (made here).
 """
 from __future__ import annotations
@@ -79,6 +84,11 @@ def images_v3() -> dict[str, list]:
     }
 
 
+def images_v3_scheme2() -> dict[str, list]:
+    """The integer-scheme-2 golden file's image."""
+    return {"v3_scheme2": [with_meta(_gradient(40, 70, 3, 18))]}
+
+
 def images() -> dict[str, list]:
     """Every version-1 golden file's images (numpy arrays or PIL images), by file name."""
     rgba = _gradient(6, 7, 4, 3)
@@ -93,17 +103,19 @@ def images() -> dict[str, list]:
     }
 
 
-def main() -> None:
+def main(which: str = "v3") -> None:
     import torch
 
     import mulancodec as mc
     from mulancodec import image as img
-    from conftest import CIFAR10_INT_MODEL
+    from conftest import CIFAR10_INT_MODEL, PHOTO_INT_MODEL
 
+    make, model, out = {"v3": (images_v3, CIFAR10_INT_MODEL, "expected_v3.npz"),
+                        "v3-scheme2": (images_v3_scheme2, PHOTO_INT_MODEL, "expected_v3_scheme2.npz")}[which]
     torch.set_num_threads(2)  # not recorded: version 3 decodes under any thread count
-    lm = mc.api.get_model(CIFAR10_INT_MODEL, torch.device("cpu"))
+    lm = mc.api.get_model(model, torch.device("cpu"))
     expected: dict[str, np.ndarray] = {}
-    for name, ims in images_v3().items():
+    for name, ims in make().items():
         if name.endswith("stream"):
             data = mc.compress_many(ims, model=lm, steps=STEPS, device="cpu", max_batch=2,
                                     names=[f"s{i}.png" for i in range(len(ims))])
@@ -117,8 +129,8 @@ def main() -> None:
             if pic.mode == "P":
                 expected[f"{name}/{i}/palette"] = np.frombuffer(pic.palette, np.uint8)
         print(f"{name}.mlc: {len(data)} bytes")
-    np.savez_compressed(HERE / "expected_v3.npz", **expected)
+    np.savez_compressed(HERE / out, **expected)
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:])

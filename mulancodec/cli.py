@@ -767,12 +767,15 @@ def train(data: tuple[str, ...], out: Path, config: str | None, max_steps: int |
 def eval_cmd(data: tuple[str, ...], model_path: str | None, limit: int | None, steps: int | None,
              device: str | None, batch_size: int, repeats: int, seed: int, as_json: bool,
              tile: int | None, no_context: bool) -> None:
-    """The model's -ELBO in bits per dimension (continuous and discrete time)."""
+    """The model's -ELBO in bits per dimension (continuous and discrete time; an integer
+    model's at T only)."""
     import torch
 
     from .data import image_tiles, load_images
     from .api import default_steps
     from .evaluate import evaluate
+    from .model.integer import IntegerMuLAN
+    from .quantcost import evaluate_steps
     from .weights import load_model
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -791,16 +794,23 @@ def eval_cmd(data: tuple[str, ...], model_path: str | None, limit: int | None, s
 
     with tqdm(total=len(images) * repeats, unit="img", disable=as_json or not sys.stderr.isatty(),
               file=sys.stderr, leave=False) as bar:
-        res = evaluate(lm.model, images, T, batch_size, dev, seed, repeats, bar)
+        if isinstance(lm.model, IntegerMuLAN):
+            if T < 1:
+                raise CliError("an integer model has no continuous bound: give --steps T >= 1", EXIT_USAGE)
+            res = evaluate_steps(lm.model, images, T, min(batch_size, 64), seed, repeats, bar.update)
+        else:
+            res = evaluate(lm.model, images, T, batch_size, dev, seed, repeats, bar)
     res.update({"model_id": lm.model_id, "model": str(lm.path), "device": str(dev), "tile": size,
                 "context": bool(lm.config.context and not no_context)})
     if as_json:
         click.echo(json.dumps(res))
         return
     click.echo(f"model {lm.model_id} ({lm.path}) on {res['n_images']} images, device {dev}")
-    click.echo(f"  -ELBO continuous : {res['bpd']:.4f} bpd  (95% CI {res['bpd_ci95'][0]:.4f}"
-               f"..{res['bpd_ci95'][1]:.4f})")
-    click.echo(f"  -ELBO at T={T:<5}: {res['bpd_T']:.4f} bpd")
+    if res["bpd"] is not None:
+        click.echo(f"  -ELBO continuous : {res['bpd']:.4f} bpd  (95% CI {res['bpd_ci95'][0]:.4f}"
+                   f"..{res['bpd_ci95'][1]:.4f})")
+    click.echo(f"  -ELBO at T={T:<5}: {res['bpd_T']:.4f} bpd  (95% CI {res['bpd_T_ci95'][0]:.4f}"
+               f"..{res['bpd_T_ci95'][1]:.4f})")
     click.echo(f"  terms: diffusion {res['diffusion']:.4f}, reconstruction {res['recon']:.4f}, "
                f"prior {res['prior']:.5f}, latent {res['latent']:.4f}")
 

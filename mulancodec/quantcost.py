@@ -106,3 +106,26 @@ def difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of b - a over tiles and its standard error."""
     diff = b - a
     return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(len(diff)))
+
+
+def stratified_k(T: int, most: int = 10) -> int:
+    """The largest K <= most dividing T: K strata of equal length keep the estimate unbiased."""
+    return max(k for k in range(1, min(T, most) + 1) if T % k == 0)
+
+
+def evaluate_steps(model: Any, tiles: TileSet, T: int, batch: int = 16, seed: int = 0, repeats: int = 1,
+                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """-ELBO_T of any model with the codec's interface (an integer model has no training loss,
+    so no continuous bound): `evaluate`'s discrete-time fields, each tile's diffusion term from
+    `stratified_k(T)` steps, averaged over `repeats` draws."""
+    runs = [paired_elbo({"m": model}, tiles, T, stratified_k(T), batch, seed + r, progress)["m"]
+            for r in range(repeats)]
+    terms = {t: sum(run[t] for run in runs) / repeats for t in runs[0]}
+    total = terms["total"]
+    half = 1.96 * total.std(ddof=1) / math.sqrt(len(total)) if len(total) > 1 else float("nan")
+    out: dict[str, Any] = {"bpd": None, "bpd_ci95": None, "steps": T, "bpd_T": float(total.mean()),
+                           "bpd_T_ci95": [float(total.mean() - half), float(total.mean() + half)],
+                           "n_images": len(tiles), "dims_per_image": int(np.prod(tiles.x.shape[1:])),
+                           "repeats": repeats, "seed": seed, "strata": stratified_k(T)}
+    out.update({t: float(v.mean()) for t, v in terms.items() if t != "total"})
+    return out

@@ -168,3 +168,27 @@ def test_encode_with_2_threads_decode_with_1_and_3(int_path, data, image, tmp_pa
                                   for n in (1, 3)])
     assert r1[str(tmp_path / "t2.mlc")] and r1["threads"] == 1
     assert r3[str(tmp_path / "t2.mlc")] and r3["threads"] == 3
+
+
+def test_eval_gives_an_integer_models_bound_at_T(int_path, tmp_path):
+    """`eval` of an integer model: -ELBO_T from the codec's definitions (no continuous bound),
+    close to its float model's on the same tiles, and T = 0 refused in one line."""
+    from mulancodec.quantcost import difference, paired_elbo, stratified_k
+
+    rng = np.random.default_rng(9)
+    np.savez(tmp_path / "d.npz", x=np.stack([smooth_image(rng, 32, 32, 3) for _ in range(6)]))
+    args = ["eval", "--data", str(tmp_path / "d.npz"), "--model", str(int_path), "--steps", "6", "--json"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["bpd"] is None and res["strata"] == stratified_k(6) == 6 and res["n_images"] == 24
+    from mulancodec.data import image_tiles, load_images
+
+    m = make_tiny_model(0, "tiny-lv")
+    tiles = image_tiles(load_images(str(tmp_path / "d.npz")), m.cfg.tile, m.cfg.context)
+    both = paired_elbo({"float": m, "int": load_model(int_path).model}, tiles, 6, 6, batch=64)  # eval's batch
+    assert res["bpd_T"] == pytest.approx(float(both["int"]["total"].mean()), rel=1e-9)
+    d, se = difference(both["float"]["total"], both["int"]["total"])
+    assert abs(d) < 0.05 * float(both["float"]["total"].mean())
+    r = CliRunner().invoke(main, args[:-3] + ["--steps", "0"])
+    assert r.exit_code == 2 and "continuous" in r.output and "Traceback" not in r.output

@@ -45,6 +45,8 @@ WEIGHT_BUDGET = F32_EXACT // LIMB_MAX  # sum of |weight limb| per output: exact 
 STAT_CHUNK = F32_EXACT // (LIMB_MAX * LIMB_MAX)  # 258 squares of one-limb integers sum exactly
 TABLE_HALF = 4096  # a table covers integer inputs -TABLE_HALF..TABLE_HALF
 WIDE_BITS = 20  # operands of the float64 dense layers: |q| <= 2^20
+ROUNDER = 12582912.0  # 1.5 * 2^23: see `round_bits`
+ROUNDER_BITS = 0x4B400000  # the float32 bits of ROUNDER
 
 _CARRIER: contextvars.ContextVar[torch.dtype] = contextvars.ContextVar("carrier", default=torch.float32)
 
@@ -121,6 +123,17 @@ def chunk_sums(r: Tensor) -> tuple[Tensor, Tensor]:
     return v.sum(-1).sum(-1, dtype=torch.float64), squares.sum(-1, dtype=torch.float64)
 
 
+def round_bits(v: Tensor) -> Tensor:
+    """ROUNDER_BITS + round(v) as int32, for float32 v with |v| <= 2^22; v is overwritten and
+    the result shares its memory (one pass, where round and a conversion take two and a
+    fresh tensor). Exact: v + ROUNDER lies in [2^23, 2^24], where float32's spacing is 1,
+    so IEEE addition gives the integer nearest to it, ties to even: ROUNDER + round(v) with
+    torch.round's rounding (half to even; ROUNDER is even). A float32 x in [2^23, 2^24] has
+    the bits 0x4B000000 + (x - 2^23)."""
+    assert v.dtype == torch.float32
+    return v.add_(ROUNDER).view(torch.int32)
+
+
 def sum_in_order(x: Tensor) -> Tensor:
     """Sum over the last (small) dimension one element after another: a fixed order."""
     acc = x[..., 0]
@@ -148,7 +161,7 @@ class Tables(nn.Module):
         else:
             self.zero: Tensor | None = None
         self.register_buffer("table", torch.zeros(0), persistent=False)
-        self.register_buffer("offset", torch.zeros(0), persistent=False)
+        self.register_buffer("index_base", torch.zeros(0, dtype=torch.int32), persistent=False)
 
     @torch.no_grad()
     def calibrate(self, x: Tensor) -> Tensor:
@@ -172,12 +185,16 @@ class Tables(nn.Module):
         if self.zero is not None:
             y += self.zero[:, None]
         self.table = y.clamp_(-self.qmax, self.qmax).float().reshape(-1)
-        self.offset = (torch.arange(C, device=self.step.device) * n + TABLE_HALF).float()
+        start = torch.arange(C, dtype=torch.int32, device=self.step.device) * n + TABLE_HALF
+        self.index_base = start - ROUNDER_BITS  # channel c's k = 0 at round_bits' k + this
 
-    def lookup(self, n: Tensor) -> Tensor:
-        """The tables at integers n (B, C, H, W), each clamped to its table's range."""
-        idx = n.clamp_(-TABLE_HALF, TABLE_HALF).add_(self.offset.view(1, -1, 1, 1)).int()
-        return self.table.index_select(0, idx.reshape(-1)).view(n.shape)
+    def lookup(self, v: Tensor) -> Tensor:
+        """The tables at round(v) for float32 v (B, C, H, W), each clamped to its table's
+        range; v is overwritten. (Clamping to integer bounds before rounding gives what
+        rounding first does: rounding is monotone and keeps integers.)"""
+        bits = round_bits(v.clamp_(-TABLE_HALF, TABLE_HALF))
+        idx = bits.add_(self.index_base.view(1, -1, 1, 1))  # int32, exact: |sum| < 2^31
+        return self.table.index_select(0, idx.reshape(-1)).view(v.shape)
 
 
 class QConv(nn.Module):
@@ -405,8 +422,8 @@ class QNorm(nn.Module):
         m, o = self._affine(x, scale, bias, scale_shift)
         to = self.tables.step if self.act else self.tables.out_scale
         n = x * (m / to).float()[:, :, None, None]
-        n.add_((o / to).float()[:, :, None, None]).round_()
-        return self.tables.lookup(n) if self.act else n.clamp_(-self.qmax, self.qmax)
+        n.add_((o / to).float()[:, :, None, None])
+        return self.tables.lookup(n) if self.act else n.round_().clamp_(-self.qmax, self.qmax)
 
 
 class QAct(nn.Module):
@@ -426,4 +443,4 @@ class QAct(nn.Module):
     def forward(self, acc: Tensor, conv: QConv) -> Tensor:
         step = self.tables.step
         n = acc * per_channel(conv.w_scale / step)
-        return self.tables.lookup(n.add_(per_channel(conv.bias / step)).round_())
+        return self.tables.lookup(n.add_(per_channel(conv.bias / step)))

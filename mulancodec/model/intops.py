@@ -303,11 +303,17 @@ class QConv(nn.Module):
             return self._conv(self._pad_zero(q), self.weight, 0).contiguous()
         if self.groups == [(q.shape[1], 1)] and self.wlimbs == 1:
             return self._conv(q, self.weight, self.padding).contiguous()
-        B = q.shape[0]
+        return self.forward_groups([q[:, lo:hi] for lo, hi, _ in self._spans()])
+
+    def forward_groups(self, parts: Sequence[Tensor]) -> Tensor:
+        """forward for the input given as its groups' channels, one tensor per group (made
+        contiguous by their producer, they need no copy: a convolution's input is)."""
+        B = parts[0].shape[0]
         acc = None
         for g, (lo, hi, limbs) in enumerate(self._spans()):
             ratio = per_channel(self.g_scale[g] / self.g_scale[0])
-            x = torch.cat(split_limbs(q[:, lo:hi], limbs))  # the limbs as more batch entries
+            limb_list = split_limbs(parts[g], limbs)
+            x = limb_list[0] if limbs == 1 else torch.cat(limb_list)  # the limbs as more batch entries
             for k, w in enumerate(split_weight(self.weight[:, lo:hi].double(), self.wlimbs)):
                 for j, part in enumerate(self._conv(x, w, self.padding).split(B)):
                     term = part.mul_(ratio * float(LIMB ** (j + k)))

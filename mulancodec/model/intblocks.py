@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from . import exactmath as em
 from .denoiser import _groups
-from .intops import (LIMB_MAX, QConv, QNorm, WideLinear, carrier_dtype, limb_max, per_channel,
-                     tensor_like)
+from .intops import (LIMB_MAX, ROUNDER_BITS, QConv, QNorm, WideLinear, carrier_dtype, limb_max,
+                     per_channel, round_bits, tensor_like)
 
 LOGIT_BITS, WEIGHT_BITS = 8, 20  # attention: logits on a 2^-8 grid, weights up to 2^20
 RESIDUAL_MARGIN = 2.0  # residual grids cover twice the calibrated range
@@ -192,7 +192,7 @@ class QAttention(nn.Module):
             part = slice(i * C, (i + 1) * C)
             m = (self.qkv.w_scale[part] / self.qkv_scale[i]).float().view(1, C, 1, 1)
             o = (self.qkv.bias[part] / self.qkv_scale[i]).float().view(1, C, 1, 1)
-            out.append(torch.round(acc[:, part] * m + o).clamp_(-LIMB_MAX, LIMB_MAX).reshape(B, C, -1))
+            out.append((acc[:, part] * m).add_(o).round_().clamp_(-LIMB_MAX, LIMB_MAX).reshape(B, C, -1))
         return out
 
     def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
@@ -202,11 +202,18 @@ class QAttention(nn.Module):
         scores = torch.bmm(q.transpose(1, 2).to(dt), k.to(dt)).float()
         kappa = (self.qkv_scale[0] * self.qkv_scale[1] * float(1 << LOGIT_BITS)
                  / torch.sqrt(tensor_like(C, h))).float()
-        t = torch.round(scores * kappa)
-        d = (t.amax(-1, keepdim=True) - t).clamp_(max=len(self.table) - 1).int()
-        p = self.table.index_select(0, d.reshape(-1)).view(d.shape)
-        num = torch.bmm(v.double(), p.transpose(1, 2))  # |sum| < 255 * 2^20 * HW: exact
-        a = num / p.sum(-1)[:, None, :] * (self.qkv_scale[2] / self.o_scale)
-        acc = self.out(torch.round(a).clamp_(-LIMB_MAX, LIMB_MAX).float().view(B, C, H, W))
+        t = scores.mul_(kappa).round_()  # in place (a fresh tensor): the same operations
+        top = t.amax(-1, keepdim=True)
+        d = t.neg_().add_(top).clamp_(max=len(self.table) - 1)  # top - t: a - b is a + (-b)
+        idx = round_bits(d).sub_(ROUNDER_BITS)  # the integers d in [0, len) as int32
+        p = self.table.index_select(0, idx.reshape(-1)).view(d.shape)
+        # p @ [v; 1]^T: the weighted sums (|sum| < 255 * 2^20 * HW) and the weights' sums
+        # (< 2^20 HW), both exact in float64 whatever the order, in one product
+        vt = torch.ones(B, H * W, C + 1, dtype=torch.float64, device=h.device)
+        vt[:, :, :C] = v.transpose(1, 2)
+        r = torch.bmm(p, vt)
+        a = r[:, :, :C] / r[:, :, C:] * (self.qkv_scale[2] / self.o_scale)
+        a = torch.round(a).clamp_(-LIMB_MAX, LIMB_MAX).float().transpose(1, 2)
+        acc = self.out(a.reshape(B, C, H, W))
         s = self.out_scale
         return _residual(h, self.in_scale / s, acc, self.out.w_scale / s, self.out.bias / s, self.limbs)

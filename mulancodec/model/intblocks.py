@@ -45,10 +45,12 @@ def narrow(q: Tensor, scale: Tensor, step: Tensor) -> Tensor:
     return (q * per_channel(scale / step)).round_().clamp_(-LIMB_MAX, LIMB_MAX)
 
 
-def _residual(base: Tensor, m1: Tensor, acc: Tensor, m2: Tensor, o: Tensor, limbs: int) -> Tensor:
+def _residual(base: Tensor, m1: Tensor, acc: Tensor, m2: Tensor, o: Tensor, limbs: int,
+              own_base: bool = False) -> Tensor:
     """round(acc m2 + base m1 + o) (per-channel factors), on the residual grid; acc (a
-    convolution's fresh output) is overwritten."""
-    out = acc.mul_(per_channel(m2)).add_(base * per_channel(m1)).add_(per_channel(o))
+    convolution's fresh output) is overwritten, and base too with `own_base`."""
+    scaled = base.mul_(per_channel(m1)) if own_base else base * per_channel(m1)
+    out = acc.mul_(per_channel(m2)).add_(scaled).add_(per_channel(o))
     return out.round_().clamp_(-limb_max(limbs), limb_max(limbs))
 
 
@@ -124,7 +126,7 @@ class QResBlock(nn.Module):
     def forward(self, q: Tensor, emb: Tensor) -> Tensor:
         a1 = self.norm1(q, self.in_scale)
         scale, shift = self.emb(emb).chunk(2, dim=1)
-        a2 = self.norm2(self.conv1(a1), self.conv1.w_scale, self.conv1.bias, (scale, shift))
+        a2 = self.norm2(self.conv1(a1), self.conv1.w_scale, self.conv1.bias, (scale, shift), own=True)
         acc = self.conv2(a2)
         s = self.out_scale
         if self.skip is None:
@@ -134,7 +136,8 @@ class QResBlock(nn.Module):
             base = self.skip.forward_groups([narrow(q[:, lo:hi], self.in_scale[lo:hi], self.in_step[lo:hi])
                                              for lo, hi, _ in spans])
             m1, o = self.skip.w_scale / s, (self.conv2.bias + self.skip.bias) / s
-        return _residual(base, m1, acc, self.conv2.w_scale / s, o, self.limbs)
+        return _residual(base, m1, acc, self.conv2.w_scale / s, o, self.limbs,
+                         own_base=self.skip is not None)  # the skip's output is fresh
 
 
 def exp_table() -> Tensor:

@@ -113,14 +113,15 @@ def split_weight(w: Tensor, limbs: int) -> list[Tensor]:
 
 
 def chunk_sums(r: Tensor) -> tuple[Tensor, Tensor]:
-    """Per (batch, channel) sums of r and r^2 over positions, exact (float64), for |r| <= 255:
-    float32 sums of chunks of at most 258, then float64."""
+    """Per (batch, channel) sums of r and r^2 over positions, exact (float64), for integers
+    |r| <= 255: float32 sums of chunks of at most 258 (exact in any order), then float64.
+    r (contiguous) is overwritten with its squares (exact: < 2^16; in place, no fresh tensor)."""
     B, C = r.shape[:2]
     n = r.shape[2] * r.shape[3]
     chunk = max(d for d in range(1, STAT_CHUNK + 1) if n % d == 0)
-    v = r.reshape(B, C, n // chunk, chunk)
-    squares = torch.einsum("bckn,bckn->bck", v, v)  # a dot product per chunk: exact too
-    return v.sum(-1).sum(-1, dtype=torch.float64), squares.sum(-1, dtype=torch.float64)
+    v = r.view(B, C, n // chunk, chunk)
+    s1 = v.sum(-1).sum(-1, dtype=torch.float64)
+    return s1, v.mul_(v).sum(-1).sum(-1, dtype=torch.float64)
 
 
 def round_bits(v: Tensor) -> Tensor:
@@ -422,12 +423,14 @@ class QNorm(nn.Module):
         return m, o
 
     def forward(self, x: Tensor, scale: Tensor, bias: Tensor | None = None,
-                scale_shift: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """The output integers for input integers x of per-channel scale and bias."""
+                scale_shift: tuple[Tensor, Tensor] | None = None, own: bool = False) -> Tensor:
+        """The output integers for input integers x of per-channel scale and bias; `own`: the
+        caller is done with x, which then holds the scaled input (no fresh tensor)."""
         bias = torch.zeros_like(scale) if bias is None else bias
         m, o = self._affine(x, scale, bias, scale_shift)
         to = self.tables.step if self.act else self.tables.out_scale
-        n = x * (m / to).float()[:, :, None, None]
+        a = (m / to).float()[:, :, None, None]
+        n = x.mul_(a) if own else x * a
         n.add_((o / to).float()[:, :, None, None])
         return self.tables.lookup(n) if self.act else n.round_().clamp_(-self.qmax, self.qmax)
 

@@ -195,7 +195,7 @@ class QUNet(nn.Module):
         emb = em.silu(self.temb2(em.silu(self.temb0(sinusoid(t, self.cfg.width)))))
         h = self._walk(self.conv_in(x), lambda layer, _, q: layer(q, emb),
                        lambda a, b: torch.cat([a, b], dim=1))
-        out = self.conv_out.real(self.conv_out(self.norm_out(h, self.h_scale)))
+        out = self.conv_out.real(self.conv_out(self.norm_out(h, self.h_scale, own=True)))
         m = self.cfg.context
         return out[:, :, m:out.shape[2] - m, m:out.shape[3] - m] if m else out
 

@@ -49,7 +49,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--out", type=Path, default=None, help="output folder")
     p.add_argument("--model", default=None,
-                   help="shipped model name (photo, cifar10) or model file (default: $MULANCODEC_MODEL, else photo)")
+                   help="shipped model name (photo-int, photo, cifar10, ...) or model file (default: "
+                        "$MULANCODEC_MODEL, else photo-int)")
     p.add_argument("--codecs", nargs="*", default=None, metavar="NAME",
                    help="classical codecs to run (default all: "
                         + ", ".join(repr(c.name) for c in classical.CODECS) + "); none with no names")

@@ -245,9 +245,10 @@ def main() -> None:
 
 
 _common_model = click.option("--model", "model_path", default=None,
-                             help="NAME|PATH: a shipped model's name (photo, cifar10) or a model file or "
-                                  "directory. Encoding default: $MULANCODEC_MODEL, else photo; decoding "
-                                  "default: the installed model with the file's model id.")
+                             help="NAME|PATH: a shipped model's name (photo-int, photo, cifar10, ...) "
+                                  "or a model file or directory. Encoding default: $MULANCODEC_MODEL, "
+                                  "else photo-int (its files decode on any machine); decoding default: "
+                                  "the installed model with the file's model id.")
 _common_device = click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
                               help="Where the model runs (default: cuda if present). Decoding must use "
                                    "the encoder's kind.")

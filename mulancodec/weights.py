@@ -33,7 +33,9 @@ from .model.intops import QConv
 from .model.mulan import MuLAN
 
 ENV_MODEL = "MULANCODEC_MODEL"
-DEFAULT_MODEL = "photo"  # the default for encoding: trained on photographs
+# The default for encoding: the photo model, as an integer model, so that a file made
+# with the defaults decodes on any machine (format version 3); `photo` is its float model.
+DEFAULT_MODEL = "photo-int"
 WEIGHTS_NAME = "model.safetensors"
 FLOAT_FORMAT, INTEGER_FORMAT = "mulancodec-model", "mulancodec-integer-model"
 

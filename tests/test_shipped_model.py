@@ -15,10 +15,12 @@ def shipped():
     return load_model("cifar10")
 
 
-def test_default_model_is_the_photo_model(monkeypatch):
+def test_default_model_is_the_photo_models_integer_version(monkeypatch):
+    """Files made with the defaults decode on any machine: the default is an integer model."""
     monkeypatch.delenv("MULANCODEC_MODEL", raising=False)
     lm = load_model(None)
-    assert lm.path.parent.name == "photo"
+    assert lm.path.parent.name == "photo-int" and lm.meta["format"] == "mulancodec-integer-model"
+    assert lm.meta["float_model_id"] == load_model("photo").model_id
     assert int(lm.meta["default_steps"]) >= 1
     assert lm.config.context > 0
 

@@ -749,8 +749,9 @@ def train(data: tuple[str, ...], out: Path, config: str | None, max_steps: int |
 @main.command("eval")
 @click.option("--data", "data", multiple=True, required=True, help="Images (.npz, folder, glob).")
 @click.option("--model", "model_path", default=None,
-              help="NAME|PATH: a shipped model (photo, cifar10), a model file or run directory "
-                   "(default: photo).")
+              help="NAME|PATH: a shipped model (photo-int, photo, cifar10, ...), a model file or run "
+                   "directory (default: $MULANCODEC_MODEL, else photo-int: an integer model has only "
+                   "the bound at T).")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
 @click.option("--steps", type=int, default=None, help="T for the discrete-time bound (default: model's).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda if present).")

@@ -31,6 +31,20 @@ CIFAR10_INT_MODEL = ROOT / "models" / "cifar10-int" / "model.safetensors"
 PHOTO_INT_MODEL = ROOT / "models" / "photo-int" / "model.safetensors"
 
 
+def training_like_inputs(model, x, gen):
+    """(c, gamma, z) as training draws them for pixels x: c from q(c | x), a random t per
+    tile, z_t from q(z_t | x): inputs to compare denoisers on."""
+    from mulancodec.model.mulan import alpha_sigma, to_unit
+
+    xu = to_unit(x)
+    with torch.no_grad():
+        cm, cs = model.latent_posterior(xu)
+        c = cm + cs * torch.randn(cm.shape, generator=gen)
+        gamma = model.schedule(c, xu).gamma(torch.rand(len(x), generator=gen)).expand_as(xu)
+        a, s = alpha_sigma(gamma)
+        return c, gamma, a * xu + s * torch.randn(xu.shape, generator=gen)
+
+
 def make_tiny_model(seed: int = 0, config: str = "tiny", noise: float = 0.02):
     """A tiny model with its zero-initialised layers perturbed, so every path is exercised."""
     from mulancodec.model import CONFIGS, MuLAN

@@ -15,12 +15,11 @@ import mulancodec as mc
 from mulancodec import qat
 from mulancodec.data import RandomCrops
 from mulancodec.evaluate import batch_tensors
-from mulancodec.model.mulan import alpha_sigma, to_unit
 from mulancodec.quantize import quantize
 from mulancodec.train import TrainArgs, train
 from mulancodec.weights import load_model, save_integer_model
 
-from conftest import make_tiny_model, smooth_image
+from conftest import make_tiny_model, smooth_image, training_like_inputs
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +40,8 @@ def test_hooks_round_about_as_much_as_the_integer_model():
     tiles = RandomCrops([smooth_image(rng, 48, 48, 3) for _ in range(4)], 16, 0, 0).batch(0, 32)
     qm = quantize(m, tiles)
     x, _ = batch_tensors(tiles, "cpu")
-    xu, g = to_unit(x), torch.Generator().manual_seed(2)
+    c, gamma, z = training_like_inputs(m, x, torch.Generator().manual_seed(2))
     with torch.no_grad():
-        cm, cs = m.latent_posterior(xu)
-        c = cm + cs * torch.randn(cm.shape, generator=g)
-        gamma = m.schedule(c, xu).gamma(torch.rand(len(x), generator=g)).expand_as(xu)
-        a, s = alpha_sigma(gamma)
-        z = a * xu + s * torch.randn(xu.shape, generator=g)
         plain = m.denoise(z, gamma, c)[0]
         integer = (qm.denoise(z, gamma, c)[0].float() - plain).pow(2).mean()
         handles = qat.attach(m)

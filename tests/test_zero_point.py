@@ -18,11 +18,10 @@ from mulancodec.data import RandomCrops
 from mulancodec.evaluate import batch_tensors
 from mulancodec.model import exactmath as em
 from mulancodec.model.intops import LIMB_MAX, QConv, Tables
-from mulancodec.model.mulan import alpha_sigma, to_unit
 from mulancodec.quantize import quantize
 from mulancodec.weights import load_model, save_integer_model
 
-from conftest import make_tiny_model, smooth_image
+from conftest import make_tiny_model, smooth_image, training_like_inputs
 
 
 def test_a_zero_point_convolution_is_the_float_convolution_of_its_real_input():
@@ -69,13 +68,8 @@ def test_zero_points_shrink_the_integer_models_error():
     images = [smooth_image(rng, 48, 48, 3) for _ in range(4)]
     tiles = RandomCrops(images, m.cfg.tile, m.cfg.context, 1).batch(0, 24)
     x, ctx = batch_tensors(RandomCrops(images, m.cfg.tile, m.cfg.context, 2).batch(0, 16), "cpu")
-    xu, g = to_unit(x), torch.Generator().manual_seed(3)
+    c, gamma, z = training_like_inputs(m, x, torch.Generator().manual_seed(3))
     with torch.no_grad():
-        cm, cs = m.latent_posterior(xu)
-        c = cm + cs * torch.randn(cm.shape, generator=g)
-        gamma = m.schedule(c, xu).gamma(torch.rand(len(x), generator=g)).expand_as(xu)
-        a, s = alpha_sigma(gamma)
-        z = a * xu + s * torch.randn(xu.shape, generator=g)
         ref = m.denoise(z, gamma, c, ctx)[0].double()
         err = {k: float((quantize(m, tiles, scheme=k).denoise(z, gamma, c, ctx)[0] - ref).pow(2).mean())
                for k in (1, 2)}

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from ..image import TileJob
+from ..model.exactmath import Elementary
 from ..model.mulan import (MuLAN, alpha_sigma, data_posterior, decoder_params, forward_step,
                            reverse_step, to_unit)
 from .codecs import BitsBack, BitsBackStep, BitSwap, Codec, PixelGaussian, Stack, WindowedGaussian
@@ -42,6 +43,33 @@ class ChainSpec:
     kappa: float = 1.0  # grid step as a fraction of the smaller of the two stds (measured best)
     window: float = 12.0  # coding window radius in stds (beyond it: escape codes)
     latent_delta: float = 1.0 / 256  # grid of the latent c (prior std 1)
+
+
+R = TypeVar("R")
+
+
+class Remembering(Elementary):
+    """A tile batch's elementary functions, keeping the last few results asked for by
+    name (`Elementary.once`): the chain asks for each step's alpha, sigma and expm1 of a
+    gamma difference several times, always on the same gamma tensors (`TileBatch.gamma`),
+    and with `exactmath`'s functions each costs float64 polynomial passes. A result is
+    reused only for the very same tensor objects (held here, and never written to: a
+    batch's gammas are made once per step), so its bits are those of computing it again;
+    it lives as long as its tile batch. (Inference tensors keep no version counter.)"""
+
+    def __init__(self, fns: Elementary, size: int = 12) -> None:
+        super().__init__(fns.exp, fns.expm1, fns.sigmoid, fns.sqrt)
+        object.__setattr__(self, "_memo", [])  # (name, args, result), newest first
+        object.__setattr__(self, "_size", size)
+
+    def once(self, name: str, args: tuple[torch.Tensor, ...], compute: Callable[[], R]) -> R:
+        for n, held, out in self._memo:
+            if n == name and len(held) == len(args) and all(h is a for h, a in zip(held, args)):
+                return out
+        out = compute()
+        self._memo.insert(0, (name, args, out))
+        del self._memo[self._size:]
+        return out
 
 
 def _keep(cache: dict[int, Any], i: int, value: Any, reach: int) -> None:
@@ -65,7 +93,7 @@ class TileBatch:
     def __init__(self, model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], size: int,
                  device: torch.device, ctx: torch.Tensor | None = None) -> None:
         self.model, self.spec, self.size, self.device, self.ctx = model, spec, size, device, ctx
-        self.fns = model.elementary
+        self.fns = Remembering(model.elementary)
         self.B = len(jobs)
         self.src = torch.from_numpy(np.stack([j.src for j in jobs])).to(device)
         self.coded = torch.from_numpy(np.stack([j.coded for j in jobs])).to(device)

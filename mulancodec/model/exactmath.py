@@ -20,10 +20,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from decimal import Decimal, getcontext
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor
+
+T = TypeVar("T")
 
 # Cody-Waite splits of ln 2 and pi/2 (fdlibm): the high parts have enough trailing zero
 # bits that k * HI is exact for the k these ranges produce.
@@ -142,6 +144,11 @@ class Elementary:
     expm1: Callable[[Tensor], Tensor]
     sigmoid: Callable[[Tensor], Tensor]
     sqrt: Callable[[Tensor], Tensor]
+
+    def once(self, name: str, args: tuple[Tensor, ...], compute: Callable[[], T]) -> T:
+        """compute(), a function `name` of the tensors args: computed afresh here; a coder that
+        asks for the same one again may remember it (`coding.bitsback.Remembering`)."""
+        return compute()
 
 
 TORCH = Elementary(torch.exp, torch.expm1, torch.sigmoid, torch.sqrt)

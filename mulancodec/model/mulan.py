@@ -46,7 +46,13 @@ def context_channels(window: Tensor, known: Tensor) -> Tensor:
 # float64 results are identical on every machine (the integer codec, format version 3).
 
 def alpha_sigma(gamma: Tensor, fns: Elementary = TORCH) -> tuple[Tensor, Tensor]:
-    return fns.sqrt(fns.sigmoid(-gamma)), fns.sqrt(fns.sigmoid(gamma))
+    return fns.once("alpha_sigma", (gamma,), lambda: (fns.sqrt(fns.sigmoid(-gamma)),
+                                                      fns.sqrt(fns.sigmoid(gamma))))
+
+
+def _expm1_diff(a: Tensor, b: Tensor, fns: Elementary) -> Tensor:
+    """expm1(a - b), for the gammas of two steps."""
+    return fns.once("expm1_diff", (a, b), lambda: fns.expm1(a - b))
 
 
 def data_posterior(x_unit: Tensor, g0: Tensor, fns: Elementary = TORCH) -> tuple[Tensor, Tensor]:
@@ -60,7 +66,7 @@ def forward_step(z_s: Tensor, g_s: Tensor, g_t: Tensor,
     """q(z_t | z_s) for s < t: mean alpha_t/alpha_s z_s, var sigma_t^2 (1 - e^(g_s - g_t))."""
     a_s, _ = alpha_sigma(g_s, fns)
     a_t, s_t = alpha_sigma(g_t, fns)
-    return (a_t / a_s) * z_s, s_t * fns.sqrt(-fns.expm1(g_s - g_t))
+    return (a_t / a_s) * z_s, s_t * fns.sqrt(-_expm1_diff(g_s, g_t, fns))
 
 
 def reverse_step(z_t: Tensor, eps_hat: Tensor, g_s: Tensor, g_t: Tensor,
@@ -75,11 +81,11 @@ def reverse_step(z_t: Tensor, eps_hat: Tensor, g_s: Tensor, g_t: Tensor,
     """
     a_s, s_s = alpha_sigma(g_s, fns)
     a_t, s_t = alpha_sigma(g_t, fns)
-    em1 = fns.expm1(g_s - g_t)
+    em1 = _expm1_diff(g_s, g_t, fns)
     mean = (a_s / a_t) * (z_t + em1 * s_t * eps_hat)
     std = s_s * fns.sqrt(-em1)
     if mse_hat is not None:
-        std = std * fns.sqrt(1.0 + fns.expm1(g_t - g_s) * mse_hat)
+        std = std * fns.sqrt(1.0 + _expm1_diff(g_t, g_s, fns) * mse_hat)
     return mean, std
 
 

@@ -228,6 +228,7 @@ class QConv(nn.Module):
         if zero_point:
             assert self.groups == [(cin, 1)] and wlimbs == 1
             self.register_buffer("in_zero", torch.zeros(cin, dtype=torch.float64))
+            self._borders: dict[tuple[int, int, torch.device], Tensor] = {}
         else:
             self.in_zero: Tensor | None = None
 
@@ -269,6 +270,7 @@ class QConv(nn.Module):
         if self.in_zero is not None:
             assert in_zero is not None
             self.in_zero.copy_(in_zero)
+            self.prepare()
             offset = (self.weight.double().sum((2, 3)) * in_zero.view(1, -1)).sum(1)  # integers
             self.bias.sub_(offset * self.w_scale)
 
@@ -291,17 +293,31 @@ class QConv(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x.to(dt), w.to(dt), None, self.stride, padding).float()
 
-    def _pad_zero(self, q: Tensor) -> Tensor:
-        """q padded with each channel's zero point (what stands for 0)."""
+    def prepare(self) -> None:
+        """Forget the derived padding rings (after quantisation or loading)."""
+        if self.in_zero is not None:
+            self._borders.clear()
+
+    def _border(self, H: int, W: int, like: Tensor) -> Tensor:
+        """(1, Cout, H', W'): what padding with the zero points (which stand for 0) adds to
+        each output over padding with 0: the convolution of the zero points on the padding
+        ring. Exact integers (one-limb operands), made once per input size."""
         assert self.in_zero is not None
-        p, (B, C, H, W) = self.padding, q.shape
-        out = per_channel(self.in_zero).expand(B, C, H + 2 * p, W + 2 * p).clone()
-        out[:, :, p:p + H, p:p + W] = q
-        return out
+        key = (H, W, like.device)
+        if key not in self._borders:
+            p, C = self.padding, self.in_zero.numel()
+            ring = per_channel(self.in_zero).expand(1, C, H + 2 * p, W + 2 * p).clone().to(like.device)
+            ring[:, :, p:p + H, p:p + W] = 0.0
+            self._borders[key] = self._conv(ring, self.weight, 0).contiguous()
+        return self._borders[key]
 
     def forward(self, q: Tensor) -> Tensor:
         if self.in_zero is not None and self.padding:
-            return self._conv(self._pad_zero(q), self.weight, 0).contiguous()
+            # The sums over q padded with 0, plus the padding ring's: both exact integers, and
+            # so is their total, the sums over q padded with the zero points (within the same
+            # bound: each is a sum of one-limb operands times the weights).
+            acc = self._conv(q, self.weight, self.padding)
+            return acc.add_(self._border(q.shape[2], q.shape[3], q)).contiguous()
         if self.groups == [(q.shape[1], 1)] and self.wlimbs == 1:
             return self._conv(q, self.weight, self.padding).contiguous()
         return self.forward_groups([q[:, lo:hi] for lo, hi, _ in self._spans()])

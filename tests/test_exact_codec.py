@@ -192,3 +192,22 @@ def test_eval_gives_an_integer_models_bound_at_T(int_path, tmp_path):
     assert abs(d) < 0.05 * float(both["float"]["total"].mean())
     r = CliRunner().invoke(main, args[:-3] + ["--steps", "0"])
     assert r.exit_code == 2 and "continuous" in r.output and "Traceback" not in r.output
+
+
+def test_a_tile_batch_remembers_only_the_very_same_tensors():
+    """coding.bitsback.Remembering: a step's alpha and sigma are computed once per gamma tensor,
+    with the bits a fresh computation gives; an equal but other tensor is computed afresh."""
+    from mulancodec.coding.bitsback import Remembering
+    from mulancodec.model.exactmath import EXACT
+    from mulancodec.model.mulan import alpha_sigma, reverse_step
+
+    fns = Remembering(EXACT)
+    g_s, g_t = torch.linspace(-10, 3, 50, dtype=torch.float64), torch.linspace(-9, 4, 50, dtype=torch.float64)
+    first = alpha_sigma(g_s, fns)
+    assert alpha_sigma(g_s, fns) is first  # remembered
+    assert alpha_sigma(g_s.clone(), fns) is not first  # another tensor: computed again
+    assert all(torch.equal(a, b) for a, b in zip(first, alpha_sigma(g_s, EXACT)))
+    z, e, m = (torch.rand(50, dtype=torch.float64) for _ in range(3))
+    for _ in range(2):  # the second time from memory: the same bits
+        got = reverse_step(z, e, g_s, g_t, m, fns=fns)
+        assert all(torch.equal(a, b) for a, b in zip(got, reverse_step(z, e, g_s, g_t, m, fns=EXACT)))

@@ -88,3 +88,19 @@ def test_both_schemes_save_and_load(tmp_path):
         assert lm.model_id == mid and lm.meta["scheme"] == str(scheme) and lm.model.scheme == scheme
         has_zero = any(k.endswith("in_zero") for k in lm.model.state_dict())
         assert has_zero == (scheme == 2)
+
+
+def test_a_requantised_convolution_forgets_its_padding_rings():
+    g = torch.Generator().manual_seed(5)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    scale = torch.full((3,), 0.01, dtype=torch.float64)
+    q = QConv(3, 4, 3, 1, 1, zero_point=True)
+    x = torch.randint(-LIMB_MAX, LIMB_MAX + 1, (1, 3, 5, 6), generator=g).float()
+    outs = []
+    for zero in ([0.0, 0.0, 0.0], [100.0, -50.0, 7.0]):
+        q.quantize(conv, scale, in_zero=torch.tensor(zero, dtype=torch.float64))
+        outs.append(q.real(q(x)))
+        want = F.conv2d((x.double() - q.in_zero.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1),
+                        q.weight.double() * q.w_scale.view(-1, 1, 1, 1) / scale.view(1, -1, 1, 1),
+                        conv.bias.detach().double(), padding=1)
+        assert torch.allclose(outs[-1], want, rtol=0, atol=1e-9 * float(want.abs().max()))

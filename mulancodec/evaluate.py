@@ -44,7 +44,8 @@ def _bound(model: MuLAN, images: TileSet, steps: int, batch_size: int, device: s
     return out
 
 
-def _ci(v: np.ndarray) -> list[float]:
+def ci95(v: np.ndarray) -> list[float]:
+    """The 95% interval of v's mean (1.96 standard errors over its entries)."""
     half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
     return [float(v.mean() - half), float(v.mean() + half)]
 
@@ -69,10 +70,10 @@ def evaluate(model: MuLAN, images: TileSet | np.ndarray, steps: int = 100, batch
     disc_total = sum(disc[k] for k in TERMS)
     out: dict[str, Any] = {
         "bpd": float(total.mean()),
-        "bpd_ci95": _ci(total),
+        "bpd_ci95": ci95(total),
         "steps": steps,
         "bpd_T": float(disc_total.mean()),
-        "bpd_T_ci95": _ci(disc_total),
+        "bpd_T_ci95": ci95(disc_total),
         "n_images": len(images),
         "dims_per_image": int(np.prod(images.x.shape[1:])),
         "repeats": repeats,

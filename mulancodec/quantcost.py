@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .data import TileSet
-from .evaluate import batch_tensors
+from .evaluate import batch_tensors, ci95
 from .model.latent import std_normal_kl
 from .model.mulan import (LN2, alpha_sigma, decoder_params, discretized_gaussian_nll,
                           reverse_step_kl, to_unit)
@@ -118,14 +118,13 @@ def evaluate_steps(model: Any, tiles: TileSet, T: int, batch: int = 16, seed: in
     """-ELBO_T of any model with the codec's interface (an integer model has no training loss,
     so no continuous bound): `evaluate`'s discrete-time fields, each tile's diffusion term from
     `stratified_k(T)` steps, averaged over `repeats` draws."""
-    runs = [paired_elbo({"m": model}, tiles, T, stratified_k(T), batch, seed + r, progress)["m"]
-            for r in range(repeats)]
+    K = stratified_k(T)
+    runs = [paired_elbo({"m": model}, tiles, T, K, batch, seed + r, progress)["m"] for r in range(repeats)]
     terms = {t: sum(run[t] for run in runs) / repeats for t in runs[0]}
     total = terms["total"]
-    half = 1.96 * total.std(ddof=1) / math.sqrt(len(total)) if len(total) > 1 else float("nan")
     out: dict[str, Any] = {"bpd": None, "bpd_ci95": None, "steps": T, "bpd_T": float(total.mean()),
-                           "bpd_T_ci95": [float(total.mean() - half), float(total.mean() + half)],
-                           "n_images": len(tiles), "dims_per_image": int(np.prod(tiles.x.shape[1:])),
-                           "repeats": repeats, "seed": seed, "strata": stratified_k(T)}
+                           "bpd_T_ci95": ci95(total), "n_images": len(tiles),
+                           "dims_per_image": int(np.prod(tiles.x.shape[1:])), "repeats": repeats,
+                           "seed": seed, "strata": K}
     out.update({t: float(v.mean()) for t, v in terms.items() if t != "total"})
     return out

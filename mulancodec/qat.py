@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .model.intops import LIMB_MAX
+from .model.intops import LIMB_MAX, zero_point_grid
 from .model.mulan import MuLAN
 
 
@@ -28,9 +28,8 @@ def fake_quant(x: Tensor, dims: tuple[int, ...], zero_point: bool = False) -> Te
     the grid of 2 x 255 steps over [min, max], as `intops.Tables`), gradient passed through."""
     with torch.no_grad():
         if zero_point:
-            lo, hi = x.amin(dim=dims, keepdim=True).clamp(max=0), x.amax(dim=dims, keepdim=True).clamp(min=0)
-            scale = (hi - lo).clamp(min=1e-12) / (2 * LIMB_MAX)
-            zero = torch.round(-(hi + lo) / (2 * scale))
+            scale, zero = zero_point_grid(x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True),
+                                          LIMB_MAX)
             q = (torch.round(x / scale) + zero).clamp(-LIMB_MAX, LIMB_MAX).sub(zero) * scale
         else:
             scale = x.abs().amax(dim=dims, keepdim=True).clamp(min=1e-12) / LIMB_MAX

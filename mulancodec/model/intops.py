@@ -143,6 +143,15 @@ def sum_in_order(x: Tensor) -> Tensor:
     return acc
 
 
+def zero_point_grid(lo: Tensor, hi: Tensor, qmax: int) -> tuple[Tensor, Tensor]:
+    """(step, zero) of the grid of 2 qmax steps over [min(lo, 0), max(hi, 0)] whose integer
+    `zero` stands for 0 (q stands for (q - zero) step): `Tables`' zero-point grids, and what
+    quantisation-aware training rounds to (`qat`)."""
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    step = (hi - lo) / (2 * qmax) + 1e-12
+    return step, torch.round(-(hi + lo) / (2 * step))
+
+
 class Tables(nn.Module):
     """One table per channel of round(fn(k step_c) / out_scale_c) + zero_c, k =
     -TABLE_HALF..TABLE_HALF (clamped to +-qmax), laid end to end; `lookup` maps each
@@ -173,9 +182,9 @@ class Tables(nn.Module):
         if self.zero is None:
             self.out_scale.copy_(y.abs().amax(dims).double() / self.qmax + 1e-12)
         else:
-            lo, hi = y.amin(dims).double().clamp(max=0.0), y.amax(dims).double().clamp(min=0.0)
-            self.out_scale.copy_((hi - lo) / (2 * self.qmax) + 1e-12)
-            self.zero.copy_(torch.round(-(hi + lo) / (2 * self.out_scale)))
+            step, zero = zero_point_grid(y.amin(dims).double(), y.amax(dims).double(), self.qmax)
+            self.out_scale.copy_(step)
+            self.zero.copy_(zero)
         self.prepare()
         return y
 

@@ -22,7 +22,7 @@ import mulancodec as mc
 from mulancodec.cli import main
 from mulancodec.coding import container as fmt
 from mulancodec.data import RandomCrops
-from mulancodec.model.intops import carrier
+from mulancodec.model.intops import bf16_operands, carrier
 from mulancodec.quantize import quantize
 from mulancodec.weights import ModelFileError, load_model, save_integer_model, save_model
 
@@ -70,7 +70,7 @@ def test_round_trip(data, ilm, image):
 
 
 @pytest.mark.parametrize("how", ["network batches of 1", "network batches of 3", "float64 carrier",
-                                 "without oneDNN"])
+                                 "without oneDNN", "float32 operands only"])
 def test_decodes_however_the_network_runs(data, ilm, image, how):
     try:
         if how.startswith("network"):
@@ -78,6 +78,9 @@ def test_decodes_however_the_network_runs(data, ilm, image, how):
             out = mc.decompress(data, model=ilm)
         elif how == "float64 carrier":
             with carrier(torch.float64):
+                out = mc.decompress(data, model=ilm)
+        elif how == "float32 operands only":  # encoded with bf16 operands where the CPU has them
+            with bf16_operands(False):
                 out = mc.decompress(data, model=ilm)
         else:
             with torch.backends.mkldnn.flags(enabled=False):

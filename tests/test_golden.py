@@ -21,6 +21,7 @@ import torch
 import mulancodec as mc
 from mulancodec.api import env_tag, get_model
 from mulancodec.coding import container as fmt
+from mulancodec.model.intops import bf16_operands
 
 from conftest import CIFAR10_INT_MODEL, CIFAR10_MODEL, PHOTO_INT_MODEL
 
@@ -101,13 +102,15 @@ def test_golden_file_decodes_to_its_pixels(name, models, expected):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("mkldnn", [True, False])
-def test_version_3_golden_files_decode_under_any_threads_and_kernels(threads, mkldnn, models, expected):
-    """Made with two threads; nothing about the machine is in the header or needed."""
+@pytest.mark.parametrize("kernels", ["oneDNN", "oneDNN, float32 operands", "no oneDNN"])
+def test_version_3_golden_files_decode_under_any_threads_and_kernels(threads, kernels, models, expected):
+    """Made with two threads (before the convolutions went channels-last and took bf16
+    operands); nothing about the machine is in the header or needed."""
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        with torch.backends.mkldnn.flags(enabled=mkldnn):
+        with torch.backends.mkldnn.flags(enabled=kernels != "no oneDNN"), \
+                bf16_operands(kernels == "oneDNN"):
             for name in FILES_V3:
                 pics = mc.decompress_pictures((GOLDEN / f"{name}.mlc").read_bytes(), model=models[name])
                 assert all(np.array_equal(p.array(), expected[f"{name}/{i}"]) for i, p in enumerate(pics))

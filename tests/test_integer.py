@@ -2,8 +2,10 @@
 
 Every quantity that decides a probability (the latent posterior, the schedule,
 eps-hat and mse-hat, the chain's Gaussians) must not depend on the float carrier
-of the convolutions, on oneDNN (mkldnn) being used or not, on the thread count,
-or on which other tiles share the batch. Each is checked here against a reference
+of the convolutions, on oneDNN (mkldnn) being used or not, on whether oneDNN reads
+float32 operands as bf16 (it does on a CPU with bf16 units, such as AMX), on the
+memory layout of the activations, on the thread count, or on which other tiles
+share the batch. Each is checked here against a reference
 evaluation with torch.equal, on tiny models with every kind of layer (latent,
 context, attention, learned variance and end points).
 """
@@ -16,7 +18,7 @@ import torch
 from mulancodec.data import RandomCrops
 from mulancodec.evaluate import batch_tensors
 from mulancodec.model import exactmath as em
-from mulancodec.model.intops import carrier
+from mulancodec.model.intops import Tables, bf16_operands, carrier, chunk_sums
 from mulancodec.model.mulan import alpha_sigma, reverse_step, to_unit
 from mulancodec.quantize import quantize
 
@@ -88,6 +90,36 @@ def test_mkldnn_on_and_off_agree(case):
     ref = outputs(qm, inputs)
     with torch.backends.mkldnn.flags(enabled=False):
         assert same(outputs(qm, inputs), ref)
+
+
+def test_bf16_operands_on_and_off_agree(case):
+    _, qm, inputs = case
+    ref = outputs(qm, inputs)
+    with bf16_operands(False):
+        assert same(outputs(qm, inputs), ref)
+
+
+def _layouts(t: torch.Tensor) -> list[torch.Tensor]:
+    """Copies of t: contiguous, channels-last, and with other strides."""
+    return [t.clone(), t.contiguous(memory_format=torch.channels_last), t.transpose(2, 3).clone().transpose(2, 3)]
+
+
+def test_statistics_and_tables_do_not_depend_on_the_layout():
+    """The activations are channels-last (the convolutions' layout); contiguous ones, or
+    any other strides, give the same sums and table outputs, in the input's layout."""
+    g = torch.Generator().manual_seed(0)
+    r = torch.randint(-255, 256, (3, 6, 10, 12), generator=g).float()
+    sums = [chunk_sums(x) for x in _layouts(r)]  # (each copy is overwritten with its squares)
+    assert all(torch.equal(a, b) for s in sums[1:] for a, b in zip(s, sums[0]))
+    assert torch.equal(sums[0][0], r.double().sum((2, 3))) and torch.equal(sums[0][1], (r.double() ** 2).sum((2, 3)))
+    tables = Tables(6, em.silu, 1)
+    tables.calibrate(r / 64)
+    v = r * 3.7
+    looked = [tables.lookup(x) for x in _layouts(v)]
+    assert all(torch.equal(x, looked[0]) for x in looked)
+    assert looked[1].is_contiguous(memory_format=torch.channels_last) and looked[0].is_contiguous()
+    k = v.clamp(-4096, 4096).round().long() + 4096
+    assert torch.equal(looked[0], tables.table.view(6, -1)[torch.arange(6).view(1, -1, 1, 1), k])
 
 
 @pytest.mark.parametrize("threads", [2, 3])

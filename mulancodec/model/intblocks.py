@@ -132,7 +132,7 @@ class QResBlock(nn.Module):
         if self.skip is None:
             base, m1, o = q, self.in_scale / s, self.conv2.bias / s
         else:
-            spans = self.skip._spans()  # each part's one-limb copy made contiguous by narrow
+            spans = self.skip._spans()  # each part's one-limb copy made dense by narrow
             base = self.skip.forward_groups([narrow(q[:, lo:hi], self.in_scale[lo:hi], self.in_step[lo:hi])
                                              for lo, hi, _ in spans])
             m1, o = self.skip.w_scale / s, (self.conv2.bias + self.skip.bias) / s

@@ -9,7 +9,8 @@ and batch composition:
   255 ("limbs": exact in fp32, TF32 and bf16 inputs alike), and each output's sum
   of |weight| * 255 is at most 2^24, checked when the weights are made, so every
   partial sum is an exact float32 integer whatever order, blocking or FMA use the
-  kernel chooses (oneDNN's direct convolution, BLAS). Wider integers are split
+  kernel chooses (oneDNN's direct convolution, BLAS), and whether it reads the
+  operands as float32, TF32 or bf16 (`exact_kernels`). Wider integers are split
   into limbs, q = sum 256^j l_j, one convolution per pair of limbs. Transform
   algorithms (Winograd, FFT: NNPACK, cuDNN) are not exact: they are off while the
   network runs (`exact_kernels`). Norm statistics are float32 sums of at most 258
@@ -49,6 +50,7 @@ ROUNDER = 12582912.0  # 1.5 * 2^23: see `round_bits`
 ROUNDER_BITS = 0x4B400000  # the float32 bits of ROUNDER
 
 _CARRIER: contextvars.ContextVar[torch.dtype] = contextvars.ContextVar("carrier", default=torch.float32)
+_BF16: contextvars.ContextVar[bool] = contextvars.ContextVar("bf16_operands", default=True)
 
 
 def limb_max(limbs: int) -> int:
@@ -72,11 +74,36 @@ def carrier(dtype: torch.dtype) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def bf16_operands(enabled: bool = True) -> Iterator[None]:
+    """Whether `exact_kernels` lets oneDNN read float32 convolution operands as bf16 (on by
+    default; off to check that it changes nothing)."""
+    token = _BF16.set(enabled)
+    try:
+        yield
+    finally:
+        _BF16.reset(token)
+
+
+@contextlib.contextmanager
 def exact_kernels() -> Iterator[None]:
-    """No gradients, and no transform-based convolution (NNPACK, cuDNN's Winograd/FFT)."""
+    """No gradients, and no transform-based convolution (NNPACK, cuDNN's Winograd/FFT).
+
+    oneDNN may read the operands of float32 convolutions as bf16 (AMX, AVX512-BF16:
+    twice the speed): limbs (|l| <= 255, 8 significant bits) are exact in bf16 and the
+    products are summed in float32, so the sums are the same. A CPU without bf16 units
+    keeps float32. The setting is torch's global one, restored on exit."""
+    conv = getattr(torch.backends.mkldnn, "conv", None)
+    saved = getattr(conv, "fp32_precision", None)
     with torch.no_grad(), torch.backends.nnpack.flags(enabled=False), \
             torch.backends.cudnn.flags(enabled=False):
-        yield
+        if saved is None:
+            yield
+            return
+        conv.fp32_precision = "bf16" if _BF16.get() else "none"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = saved
 
 
 def tensor_like(v: float | Tensor, like: Tensor) -> Tensor:
@@ -112,16 +139,26 @@ def split_weight(w: Tensor, limbs: int) -> list[Tensor]:
     return out
 
 
+def dense(t: Tensor) -> tuple[Tensor, bool]:
+    """t (B, C, H, W) as a contiguous tensor with its dimensions in memory order: t itself,
+    or for a channels-last t its (B, H, W, C) view (True). No copy for either layout."""
+    if t.is_contiguous():
+        return t, False
+    return t.permute(0, 2, 3, 1).contiguous(), True
+
+
 def chunk_sums(r: Tensor) -> tuple[Tensor, Tensor]:
     """Per (batch, channel) sums of r and r^2 over positions, exact (float64), for integers
     |r| <= 255: float32 sums of chunks of at most 258 (exact in any order), then float64.
-    r (contiguous) is overwritten with its squares (exact: < 2^16; in place, no fresh tensor)."""
+    r is overwritten with its squares (exact: < 2^16; in place, no fresh tensor)."""
     B, C = r.shape[:2]
     n = r.shape[2] * r.shape[3]
     chunk = max(d for d in range(1, STAT_CHUNK + 1) if n % d == 0)
-    v = r.view(B, C, n // chunk, chunk)
-    s1 = v.sum(-1).sum(-1, dtype=torch.float64)
-    return s1, v.mul_(v).sum(-1).sum(-1, dtype=torch.float64)
+    d, last = dense(r)
+    v = d.view(B, n // chunk, chunk, C) if last else d.view(B, C, n // chunk, chunk)
+    within, across = (2, 1) if last else (3, 2)
+    s1 = v.sum(within).sum(across, dtype=torch.float64)
+    return s1, v.mul_(v).sum(within).sum(across, dtype=torch.float64)
 
 
 def round_bits(v: Tensor) -> Tensor:
@@ -204,7 +241,9 @@ class Tables(nn.Module):
         rounding first does: rounding is monotone and keeps integers.)"""
         bits = round_bits(v.clamp_(-TABLE_HALF, TABLE_HALF))
         idx = bits.add_(self.index_base.view(1, -1, 1, 1))  # int32, exact: |sum| < 2^31
-        return self.table.index_select(0, idx.reshape(-1)).view(v.shape)
+        d, last = dense(idx)
+        out = self.table.index_select(0, d.view(-1)).view(d.shape)
+        return out.permute(0, 3, 1, 2) if last else out
 
 
 class QConv(nn.Module):
@@ -297,9 +336,10 @@ class QConv(nn.Module):
                     and torch.isfinite(self.bias).all() and zero_ok)
 
     def _conv(self, x: Tensor, w: Tensor, padding: int) -> Tensor:
+        """The convolution in the carrier, channels-last (oneDNN's fastest layout; the
+        output stays channels-last, and so do the elementwise operations after it)."""
         dt = _CARRIER.get()
-        if x.shape[1] < 32 or w.shape[0] < 8:  # oneDNN is far faster so for few channels
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x.to(dt), w.to(dt), None, self.stride, padding).float()
 
     def prepare(self) -> None:
@@ -317,7 +357,7 @@ class QConv(nn.Module):
             p, C = self.padding, self.in_zero.numel()
             ring = per_channel(self.in_zero).expand(1, C, H + 2 * p, W + 2 * p).clone().to(like.device)
             ring[:, :, p:p + H, p:p + W] = 0.0
-            self._borders[key] = self._conv(ring, self.weight, 0).contiguous()
+            self._borders[key] = self._conv(ring, self.weight, 0)
         return self._borders[key]
 
     def forward(self, q: Tensor) -> Tensor:
@@ -326,14 +366,14 @@ class QConv(nn.Module):
             # so is their total, the sums over q padded with the zero points (within the same
             # bound: each is a sum of one-limb operands times the weights).
             acc = self._conv(q, self.weight, self.padding)
-            return acc.add_(self._border(q.shape[2], q.shape[3], q)).contiguous()
+            return acc.add_(self._border(q.shape[2], q.shape[3], q))
         if self.groups == [(q.shape[1], 1)] and self.wlimbs == 1:
-            return self._conv(q, self.weight, self.padding).contiguous()
+            return self._conv(q, self.weight, self.padding)
         return self.forward_groups([q[:, lo:hi] for lo, hi, _ in self._spans()])
 
     def forward_groups(self, parts: Sequence[Tensor]) -> Tensor:
         """forward for the input given as its groups' channels, one tensor per group (made
-        contiguous by their producer, they need no copy: a convolution's input is)."""
+        dense, channels-last, by their producer, they need no copy: a convolution's input is)."""
         B = parts[0].shape[0]
         acc = None
         for g, (lo, hi, limbs) in enumerate(self._spans()):
@@ -345,7 +385,7 @@ class QConv(nn.Module):
                     term = part.mul_(ratio * float(LIMB ** (j + k)))
                     acc = term if acc is None else acc.add_(term)
         assert acc is not None
-        return acc.contiguous()
+        return acc
 
     def real(self, acc: Tensor) -> Tensor:
         """The real-valued output (float64) of forward's sums `acc`."""

@@ -276,9 +276,10 @@ class QConv(nn.Module):
         if zero_point:
             assert self.groups == [(cin, 1)] and wlimbs == 1
             self.register_buffer("in_zero", torch.zeros(cin, dtype=torch.float64))
-            self._borders: dict[tuple[int, int, torch.device], Tensor] = {}
         else:
             self.in_zero: Tensor | None = None
+        self._borders: dict[tuple[int, int, torch.device], Tensor] = {}
+        self._carried: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
 
     @property
     def w_scale(self) -> Tensor:
@@ -315,10 +316,10 @@ class QConv(nn.Module):
             self.weight[:, lo:hi] = q.to(self.weight.dtype)
             self.g_scale[g] = scale
         self.bias.copy_(conv.bias.detach().double() if conv.bias is not None else 0.0)
+        self.prepare()
         if self.in_zero is not None:
             assert in_zero is not None
             self.in_zero.copy_(in_zero)
-            self.prepare()
             offset = (self.weight.double().sum((2, 3)) * in_zero.view(1, -1)).sum(1)  # integers
             self.bias.sub_(offset * self.w_scale)
 
@@ -336,16 +337,24 @@ class QConv(nn.Module):
                     and torch.isfinite(self.bias).all() and zero_ok)
 
     def _conv(self, x: Tensor, w: Tensor, padding: int) -> Tensor:
-        """The convolution in the carrier, channels-last (oneDNN's fastest layout; the
-        output stays channels-last, and so do the elementwise operations after it)."""
-        dt = _CARRIER.get()
+        """The convolution in the carrier (w: `_weights`'), channels-last (oneDNN's fastest
+        layout; the output stays channels-last, and so do the elementwise operations after it)."""
         x = x.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x.to(dt), w.to(dt), None, self.stride, padding).float()
+        return F.conv2d(x.to(w.dtype), w, None, self.stride, padding).float()
+
+    def _weights(self) -> list[Tensor]:
+        """Per group, its weights in the carrier: the limbs stacked as output channels (limb k
+        is outputs k Cout..(k+1) Cout - 1). Made once per carrier and device."""
+        key = (_CARRIER.get(), self.weight.device)
+        if key not in self._carried:
+            self._carried[key] = [torch.cat(split_weight(self.weight[:, lo:hi].double(), self.wlimbs)).to(key[0])
+                                  for lo, hi, _ in self._spans()]
+        return self._carried[key]
 
     def prepare(self) -> None:
-        """Forget the derived padding rings (after quantisation or loading)."""
-        if self.in_zero is not None:
-            self._borders.clear()
+        """Forget the weights in the carrier and the padding rings (after quantisation or loading)."""
+        self._carried.clear()
+        self._borders.clear()
 
     def _border(self, H: int, W: int, like: Tensor) -> Tensor:
         """(1, Cout, H', W'): what padding with the zero points (which stand for 0) adds to
@@ -357,7 +366,7 @@ class QConv(nn.Module):
             p, C = self.padding, self.in_zero.numel()
             ring = per_channel(self.in_zero).expand(1, C, H + 2 * p, W + 2 * p).clone().to(like.device)
             ring[:, :, p:p + H, p:p + W] = 0.0
-            self._borders[key] = self._conv(ring, self.weight, 0)
+            self._borders[key] = self._conv(ring, self._weights()[0], 0)
         return self._borders[key]
 
     def forward(self, q: Tensor) -> Tensor:
@@ -365,24 +374,25 @@ class QConv(nn.Module):
             # The sums over q padded with 0, plus the padding ring's: both exact integers, and
             # so is their total, the sums over q padded with the zero points (within the same
             # bound: each is a sum of one-limb operands times the weights).
-            acc = self._conv(q, self.weight, self.padding)
+            acc = self._conv(q, self._weights()[0], self.padding)
             return acc.add_(self._border(q.shape[2], q.shape[3], q))
         if self.groups == [(q.shape[1], 1)] and self.wlimbs == 1:
-            return self._conv(q, self.weight, self.padding)
+            return self._conv(q, self._weights()[0], self.padding)
         return self.forward_groups([q[:, lo:hi] for lo, hi, _ in self._spans()])
 
     def forward_groups(self, parts: Sequence[Tensor]) -> Tensor:
         """forward for the input given as its groups' channels, one tensor per group (made
         dense, channels-last, by their producer, they need no copy: a convolution's input is)."""
-        B = parts[0].shape[0]
+        B, cout = parts[0].shape[0], self.weight.shape[0]
         acc = None
-        for g, (lo, hi, limbs) in enumerate(self._spans()):
+        for g, ((lo, hi, limbs), w) in enumerate(zip(self._spans(), self._weights())):
             ratio = per_channel(self.g_scale[g] / self.g_scale[0])
             limb_list = split_limbs(parts[g], limbs)
             x = limb_list[0] if limbs == 1 else torch.cat(limb_list)  # the limbs as more batch entries
-            for k, w in enumerate(split_weight(self.weight[:, lo:hi].double(), self.wlimbs)):
-                for j, part in enumerate(self._conv(x, w, self.padding).split(B)):
-                    term = part.mul_(ratio * float(LIMB ** (j + k)))
+            sums = self._conv(x, w, self.padding)  # input limb j, weight limb k: sums[jB:, kCout:]
+            for k in range(self.wlimbs):
+                for j in range(limbs):
+                    term = sums[j * B:(j + 1) * B, k * cout:(k + 1) * cout].mul_(ratio * float(LIMB ** (j + k)))
                     acc = term if acc is None else acc.add_(term)
         assert acc is not None
         return acc

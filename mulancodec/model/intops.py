@@ -32,6 +32,7 @@ import contextlib
 import contextvars
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -172,7 +173,7 @@ def round_bits(v: Tensor) -> Tensor:
     return v.add_(ROUNDER).view(torch.int32)
 
 
-def sum_in_order(x: Tensor) -> Tensor:
+def sum_in_order(x: np.ndarray) -> np.ndarray:
     """Sum over the last (small) dimension one element after another: a fixed order."""
     acc = x[..., 0]
     for j in range(1, x.shape[-1]):
@@ -436,12 +437,17 @@ class WideLinear(nn.Module):
         return acc * s * self.w_scale + self.bias
 
 
-def _stats(x: Tensor, scale: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+def _host(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _stats(x: Tensor, scale: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per (batch, channel) sums of y and y^2 over positions, y = x scale + bias, from each
     (batch, channel)'s one-limb view r = round(x 255 / max|x|) (exact sums; float64)."""
-    top = torch.maximum(x.amax((2, 3)), -x.amin((2, 3))).double().clamp(min=1e-30)
-    u = tensor_like(LIMB_MAX, x) / top
-    s1, s2 = chunk_sums((x * u.float()[:, :, None, None]).round_())
+    top = np.maximum(_host(x.amax((2, 3))), -_host(x.amin((2, 3)))).astype(np.float64)
+    u = LIMB_MAX / np.maximum(top, 1e-30)
+    r = x * torch.from_numpy(u.astype(np.float32)).to(x.device)[:, :, None, None]
+    s1, s2 = (_host(s) for s in chunk_sums(r.round_()))
     a, n = scale / u, float(x.shape[2] * x.shape[3])
     return a * s1 + bias * n, a * a * s2 + 2.0 * a * bias * s1 + bias * bias * n
 
@@ -479,34 +485,37 @@ class QNorm(nn.Module):
             n = n * (1 + scale_shift[0]) + scale_shift[1]
         return self.tables.calibrate(n)
 
-    def _affine(self, x: Tensor, scale: Tensor, bias: Tensor,
-                scale_shift: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
-        """Per (batch, channel) (M, O): the normalised (and affine) output is x M + O."""
+    def _affine(self, x: Tensor, scale: np.ndarray, bias: np.ndarray,
+                scale_shift: tuple[Tensor, Tensor] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Per (batch, channel) (M, O): the normalised (and affine) output is x M + O. These
+        (B, C) vectors are computed with numpy on the host: the same IEEE operations as
+        torch's, at a fraction of the per-call cost."""
         B, C = x.shape[:2]
         s1, s2 = _stats(x, scale, bias)
         cg = C // self.groups
-        count = tensor_like(cg * x.shape[2] * x.shape[3], x)
-        mean = sum_in_order(s1.view(B, self.groups, cg)) / count
-        var = (sum_in_order(s2.view(B, self.groups, cg)) / count - mean * mean).clamp(min=0.0)
-        inv = torch.ones_like(var) / torch.sqrt(var + self.eps)
-        g = self.gamma * inv.repeat_interleave(cg, 1)
+        count = float(cg * x.shape[2] * x.shape[3])
+        mean = sum_in_order(s1.reshape(B, self.groups, cg)) / count
+        var = np.maximum(sum_in_order(s2.reshape(B, self.groups, cg)) / count - mean * mean, 0.0)
+        inv = 1.0 / np.sqrt(var + self.eps)
+        g = _host(self.gamma) * inv.repeat(cg, 1)
         m = scale * g
-        o = self.beta + (bias - mean.repeat_interleave(cg, 1)) * g
+        o = _host(self.beta) + (bias - mean.repeat(cg, 1)) * g
         if scale_shift is not None:
-            m = m * (1.0 + scale_shift[0])
-            o = o * (1.0 + scale_shift[0]) + scale_shift[1]
+            s, t = _host(scale_shift[0]), _host(scale_shift[1])
+            m = m * (1.0 + s)
+            o = o * (1.0 + s) + t
         return m, o
 
     def forward(self, x: Tensor, scale: Tensor, bias: Tensor | None = None,
                 scale_shift: tuple[Tensor, Tensor] | None = None, own: bool = False) -> Tensor:
         """The output integers for input integers x of per-channel scale and bias; `own`: the
         caller is done with x, which then holds the scaled input (no fresh tensor)."""
-        bias = torch.zeros_like(scale) if bias is None else bias
-        m, o = self._affine(x, scale, bias, scale_shift)
-        to = self.tables.step if self.act else self.tables.out_scale
-        a = (m / to).float()[:, :, None, None]
+        sc = _host(scale)
+        m, o = self._affine(x, sc, np.zeros_like(sc) if bias is None else _host(bias), scale_shift)
+        to = _host(self.tables.step if self.act else self.tables.out_scale)
+        a, b = (torch.from_numpy((v / to).astype(np.float32)).to(x.device)[:, :, None, None] for v in (m, o))
         n = x.mul_(a) if own else x * a
-        n.add_((o / to).float()[:, :, None, None])
+        n.add_(b)
         return self.tables.lookup(n) if self.act else n.round_().clamp_(-self.qmax, self.qmax)
 
 

@@ -17,14 +17,18 @@ and batch composition:
   one-limb integers (exact), added up in float64; attention's weighted sums and
   the small dense layers run in float64 on operands bounded below 2^53.
 * Everything else is elementwise: fixed sequences of correctly rounded IEEE
-  operations on tensors (rescale, round, clamp, add), and lookups in integer
+  operations on tensors (rescale, round, clamp, add), or on the host with numpy
+  for the small per-(batch, channel) vectors of the norms, and lookups in integer
   tables computed with `exactmath`. Such a sequence gives the same bits anywhere.
   No fused operation (addcmul, lerp) is used: whether it rounds once (FMA) or
   twice depends on the kernel. Chains run in place where they can: a fresh large
   tensor costs more than the arithmetic on it.
 
-The carrier of the convolutions (float32, or float64 to check that it does not
-matter) is set with `carrier`.
+For speed on a CPU the convolutions read channels-last activations, with bf16
+operands where the CPU has bf16 units (AMX, AVX512-BF16), and their outputs and
+everything computed from them stay channels-last; no result depends on the
+layout. The carrier of the convolutions (float32, or float64 to check that it
+does not matter) is set with `carrier`.
 """
 from __future__ import annotations
 
@@ -90,9 +94,11 @@ def exact_kernels() -> Iterator[None]:
     """No gradients, and no transform-based convolution (NNPACK, cuDNN's Winograd/FFT).
 
     oneDNN may read the operands of float32 convolutions as bf16 (AMX, AVX512-BF16:
-    twice the speed): limbs (|l| <= 255, 8 significant bits) are exact in bf16 and the
+    up to twice the speed): limbs (|l| <= 255, 8 significant bits) are exact in bf16 and the
     products are summed in float32, so the sums are the same. A CPU without bf16 units
-    keeps float32. The setting is torch's global one, restored on exit."""
+    keeps float32. The setting is torch's global one, restored on exit: a float model
+    run meanwhile in another thread would see it (its file would then be refused where
+    its results do not repeat, as always for float files)."""
     conv = getattr(torch.backends.mkldnn, "conv", None)
     saved = getattr(conv, "fp32_precision", None)
     with torch.no_grad(), torch.backends.nnpack.flags(enabled=False), \

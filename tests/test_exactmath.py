@@ -66,3 +66,14 @@ def test_saturates_beyond_its_range():
     assert torch.equal(em.exp(big), em.exp(big.clamp(-em.EXP_LIMIT, em.EXP_LIMIT)))
     assert bool(torch.isfinite(em.sigmoid(big)).all()) and bool(torch.isfinite(em.sin_cos(big)[0]).all())
     assert math.isclose(float(em.sigmoid(torch.tensor(0.0, dtype=torch.float64))), 0.5)
+
+
+@pytest.mark.parametrize("coefs", [em._EXPM1_TAYLOR, em._SIN_TAYLOR, em._ATANH_TAYLOR], ids=["expm1", "sin", "atanh"])
+def test_horner_in_place_rounds_like_the_textbook_loop(coefs):
+    """`_horner` works in place on one tensor; its roundings must be the textbook loop's
+    (acc = acc * x + c), or every exact function would change its bits."""
+    x = torch.cat([X, -X, X * 1e-3]) / 40
+    acc = torch.full_like(x, coefs[-1])
+    for c in reversed(coefs[:-1]):
+        acc = acc * x + c
+    assert torch.equal(em._horner(x, coefs).view(torch.int64), acc.view(torch.int64))

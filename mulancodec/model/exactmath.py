@@ -55,10 +55,13 @@ LN_10000 = decimal_constant(lambda: Decimal(10000).ln())
 
 
 def _horner(x: Tensor, coefs: list[float]) -> Tensor:
-    """coefs[0] + x (coefs[1] + x (...)), innermost first."""
-    acc = torch.full_like(x, coefs[-1])
-    for c in reversed(coefs[:-1]):
-        acc = acc * x + c
+    """coefs[0] + x (coefs[1] + x (...)), innermost first (in place on one fresh tensor:
+    the same roundings, a multiply then an add per coefficient)."""
+    acc = x * coefs[-1]
+    for j in range(len(coefs) - 2, -1, -1):
+        acc.add_(coefs[j])
+        if j:
+            acc.mul_(x)
     return acc
 
 
@@ -70,7 +73,7 @@ def pow2(k: Tensor) -> Tensor:
 
 def _expm1_small(r: Tensor) -> Tensor:
     """expm1 for |r| <= 0.35 by its Taylor series."""
-    return r * _horner(r, _EXPM1_TAYLOR)
+    return _horner(r, _EXPM1_TAYLOR).mul_(r)
 
 
 def _reduce_ln2(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -83,7 +86,7 @@ def _reduce_ln2(x: Tensor) -> tuple[Tensor, Tensor]:
 def exp(x: Tensor) -> Tensor:
     """e^x (float64)."""
     k, r = _reduce_ln2(x.double())
-    return (_expm1_small(r) + 1.0) * pow2(k)
+    return _expm1_small(r).add_(1.0).mul_(pow2(k))
 
 
 def expm1(x: Tensor) -> Tensor:
@@ -96,7 +99,7 @@ def expm1(x: Tensor) -> Tensor:
 def sigmoid(x: Tensor) -> Tensor:
     """1 / (1 + e^-x) (float64)."""
     one = torch.ones_like(x, dtype=torch.float64)
-    return one / (exp(-x.double()) + 1.0)
+    return one / exp(-x.double()).add_(1.0)
 
 
 def log1p_unit(u: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ load as scheme 1 (the golden version-3 files use one).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -104,3 +105,20 @@ def test_a_requantised_convolution_forgets_its_padding_rings():
                         q.weight.double() * q.w_scale.view(-1, 1, 1, 1) / scale.view(1, -1, 1, 1),
                         conv.bias.detach().double(), padding=1)
         assert torch.allclose(outs[-1], want, rtol=0, atol=1e-9 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("zero_point", [False, True])
+def test_a_requantised_convolution_forgets_its_weights_in_the_carrier(zero_point):
+    """QConv keeps its weights converted to the carrier; quantising other weights into it
+    must give what a fresh convolution quantised from them gives."""
+    g = torch.Generator().manual_seed(6)
+    first, second = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+    scale = torch.full((3,), 0.01, dtype=torch.float64)
+    zero = torch.tensor([3.0, -2.0, 0.0], dtype=torch.float64) if zero_point else None
+    x = torch.randint(-LIMB_MAX, LIMB_MAX + 1, (2, 3, 5, 6), generator=g).float()
+    reused, fresh = QConv(3, 4, 3, 1, 1, zero_point=zero_point), QConv(3, 4, 3, 1, 1, zero_point=zero_point)
+    reused.quantize(first, scale, in_zero=zero)
+    reused(x)
+    reused.quantize(second, scale, in_zero=zero)
+    fresh.quantize(second, scale, in_zero=zero)
+    assert torch.equal(reused(x), fresh(x))

@@ -5,7 +5,8 @@ runs at one limb (all but the input convolution) see what it will see there:
 its input rounded per channel to 511 levels over [min, max] (the SiLU outputs,
 read by the ResBlocks' convolutions and the output convolution: integer scheme
 2's zero points) or 255 levels of its largest magnitude (the one-limb copies of
-the residual stream), and its weights to 255 levels per output channel. Gradients pass the rounding unchanged (straight-through), so training
+the residual stream), and its weights to 255 levels per output channel.
+Gradients pass the rounding unchanged (straight-through), so training
 moves the float weights to where rounding them costs least; `quantize.quantize`
 then makes the integer model from the result as from any float model. The
 two-limb parts of the integer model (input convolution, latent encoder,

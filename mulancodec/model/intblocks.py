@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from . import exactmath as em
 from .denoiser import _groups
 from .intops import (LIMB_MAX, ROUNDER_BITS, QConv, QNorm, WideLinear, carrier_dtype, limb_max,
-                     per_channel, round_bits, tensor_like)
+                     per_channel, round_bits, table_at, tensor_like)
 
 LOGIT_BITS, WEIGHT_BITS = 8, 20  # attention: logits on a 2^-8 grid, weights up to 2^20
 RESIDUAL_MARGIN = 2.0  # residual grids cover twice the calibrated range
@@ -209,7 +209,7 @@ class QAttention(nn.Module):
         top = t.amax(-1, keepdim=True)
         d = t.neg_().add_(top).clamp_(max=len(self.table) - 1)  # top - t: a - b is a + (-b)
         idx = round_bits(d).sub_(ROUNDER_BITS)  # the integers d in [0, len) as int32
-        p = self.table.index_select(0, idx.reshape(-1)).view(d.shape)
+        p = table_at(self.table, idx)
         # p @ [v; 1]^T: the weighted sums (|sum| < 255 * 2^20 * HW) and the weights' sums
         # (< 2^20 HW), both exact in float64 whatever the order, in one product
         vt = torch.ones(B, H * W, C + 1, dtype=torch.float64, device=h.device)

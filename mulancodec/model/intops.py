@@ -147,11 +147,20 @@ def split_weight(w: Tensor, limbs: int) -> list[Tensor]:
 
 
 def dense(t: Tensor) -> tuple[Tensor, bool]:
-    """t (B, C, H, W) as a contiguous tensor with its dimensions in memory order: t itself,
-    or for a channels-last t its (B, H, W, C) view (True). No copy for either layout."""
+    """t as a contiguous tensor with its dimensions in memory order: t itself (contiguous,
+    any shape), or for a channels-last (B, C, H, W) its (B, H, W, C) view (True). No copy
+    for either layout."""
     if t.is_contiguous():
         return t, False
     return t.permute(0, 2, 3, 1).contiguous(), True
+
+
+def table_at(table: Tensor, idx: Tensor) -> Tensor:
+    """table[idx] for a 1-D table and int32 indices, in idx's shape and layout (contiguous,
+    or a channels-last (B, C, H, W))."""
+    d, last = dense(idx)
+    out = table.index_select(0, d.view(-1)).view(d.shape)
+    return out.permute(0, 3, 1, 2) if last else out
 
 
 def chunk_sums(r: Tensor) -> tuple[Tensor, Tensor]:
@@ -247,10 +256,7 @@ class Tables(nn.Module):
         range; v is overwritten. (Clamping to integer bounds before rounding gives what
         rounding first does: rounding is monotone and keeps integers.)"""
         bits = round_bits(v.clamp_(-TABLE_HALF, TABLE_HALF))
-        idx = bits.add_(self.index_base.view(1, -1, 1, 1))  # int32, exact: |sum| < 2^31
-        d, last = dense(idx)
-        out = self.table.index_select(0, d.view(-1)).view(d.shape)
-        return out.permute(0, 3, 1, 2) if last else out
+        return table_at(self.table, bits.add_(self.index_base.view(1, -1, 1, 1)))  # int32: |sum| < 2^31
 
 
 class QConv(nn.Module):

@@ -50,6 +50,7 @@ F64_EXACT = 1 << 53
 WEIGHT_BUDGET = F32_EXACT // LIMB_MAX  # sum of |weight limb| per output: exact with 255-limbs
 STAT_CHUNK = F32_EXACT // (LIMB_MAX * LIMB_MAX)  # 258 squares of one-limb integers sum exactly
 TABLE_HALF = 4096  # a table covers integer inputs -TABLE_HALF..TABLE_HALF
+SHORT_MAX = 32767  # tables whose values fit are held as int16
 WIDE_BITS = 20  # operands of the float64 dense layers: |q| <= 2^20
 ROUNDER = 12582912.0  # 1.5 * 2^23: see `round_bits`
 ROUNDER_BITS = 0x4B400000  # the float32 bits of ROUNDER
@@ -207,11 +208,11 @@ def zero_point_grid(lo: Tensor, hi: Tensor, qmax: int) -> tuple[Tensor, Tensor]:
 
 class Tables(nn.Module):
     """One table per channel of round(fn(k step_c) / out_scale_c) + zero_c, k =
-    -TABLE_HALF..TABLE_HALF (clamped to +-qmax), laid end to end; `lookup` maps each
-    channel's integers through its own. An output integer q stands for (q - zero_c)
-    out_scale_c: with `zero_point` the grid spans [min, max] of the calibrated outputs
-    and 0 (SiLU's lie in [-0.28, max], so this halves the step of a grid symmetric about
-    0), and |zero_c| <= qmax; without, zero_c = 0."""
+    -TABLE_HALF..TABLE_HALF (clamped to +-qmax), laid end to end (int16 where the values
+    fit); `lookup` maps each channel's integers through its own. An output integer q stands
+    for (q - zero_c) out_scale_c: with `zero_point` the grid spans [min, max] of the
+    calibrated outputs and 0 (SiLU's lie in [-0.28, max], so this halves the step of a grid
+    symmetric about 0), and |zero_c| <= qmax; without, zero_c = 0."""
 
     def __init__(self, channels: int, fn: Callable[[Tensor], Tensor], limbs: int,
                  zero_point: bool = False) -> None:
@@ -247,7 +248,10 @@ class Tables(nn.Module):
         y = torch.round(self.fn(k[None, :] * self.step[:, None]) / self.out_scale[:, None])
         if self.zero is not None:
             y += self.zero[:, None]
-        self.table = y.clamp_(-self.qmax, self.qmax).float().reshape(-1)
+        # int16 where the values fit (one-limb grids): half the memory a lookup touches, and
+        # lookups are bound by cache misses in the tables (exact: integers of at most 16 bits)
+        dtype = torch.int16 if self.qmax <= SHORT_MAX else torch.float32
+        self.table = y.clamp_(-self.qmax, self.qmax).to(dtype).reshape(-1)
         start = torch.arange(C, dtype=torch.int32, device=self.step.device) * n + TABLE_HALF
         self.index_base = start - ROUNDER_BITS  # channel c's k = 0 at round_bits' k + this
 
@@ -256,7 +260,8 @@ class Tables(nn.Module):
         range; v is overwritten. (Clamping to integer bounds before rounding gives what
         rounding first does: rounding is monotone and keeps integers.)"""
         bits = round_bits(v.clamp_(-TABLE_HALF, TABLE_HALF))
-        return table_at(self.table, bits.add_(self.index_base.view(1, -1, 1, 1)))  # int32: |sum| < 2^31
+        out = table_at(self.table, bits.add_(self.index_base.view(1, -1, 1, 1)))  # int32: |sum| < 2^31
+        return v.copy_(out)  # float32, into v's memory (the indices are used up)
 
 
 class QConv(nn.Module):

@@ -152,3 +152,31 @@ def test_batch_composition_does_not_matter(case, chunk):
     eps, _ = qm.denoise(*pick)
     assert torch.equal(eps[flip], ref[0])
 
+
+
+
+def test_derived_values_follow_new_weights():
+    """The layers keep values derived from their buffers (factors, host copies, weights in
+    the carrier) from one call to the next. Loading other weights (then `prepare`, as
+    loading does), or calibrating again, must give what a model made from those gives."""
+    first, second = make_tiny_model(0, "tiny-lv"), make_tiny_model(1, "tiny-lv")
+    tiles = _tiles(first.cfg, 24, 1)
+    x, ctx = batch_tensors(_tiles(first.cfg, 4, 2), "cpu")
+    xu = to_unit(x)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(xu.shape, generator=g)
+    gamma = torch.full_like(z, -2.0)
+    fresh = quantize(second, tiles)
+    with torch.no_grad():
+        c = fresh.latent_posterior(xu)[0].float()
+        want = fresh.denoise(z, gamma, c, ctx)[0]
+        reused = quantize(first, tiles)
+        assert not torch.equal(reused.denoise(z, gamma, c, ctx)[0], want)  # derived values made
+        reused.load_state_dict(fresh.state_dict())
+        assert torch.equal(reused.prepare().denoise(z, gamma, c, ctx)[0], want)
+        recal = quantize(first, tiles)
+        recal.denoise(z, gamma, c, ctx)
+        zc, gc = torch.randn(xu.shape, generator=g), fresh.gamma_norm(gamma).float()
+        for m in (recal, fresh):
+            m.denoiser.calibrate(second.denoiser, zc, gc, c, ctx)
+        assert torch.equal(recal.denoise(z, gamma, c, ctx)[0], fresh.denoise(z, gamma, c, ctx)[0])

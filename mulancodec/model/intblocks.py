@@ -14,6 +14,7 @@ Grids: the residual stream holds `limbs`-limb integers; SiLU outputs, which the
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,8 @@ from torch import Tensor, nn
 
 from . import exactmath as em
 from .denoiser import _groups
-from .intops import (LIMB_MAX, ROUNDER_BITS, QConv, QNorm, WideLinear, carrier_dtype, limb_max,
-                     per_channel, round_bits, table_at, tensor_like)
+from .intops import (LIMB_MAX, ROUNDER_BITS, Derived, QConv, QNorm, WideLinear, carrier_dtype, host,
+                     limb_max, per_channel, round_bits, table_at, tensor_like)
 
 LOGIT_BITS, WEIGHT_BITS = 8, 20  # attention: logits on a 2^-8 grid, weights up to 2^20
 RESIDUAL_MARGIN = 2.0  # residual grids cover twice the calibrated range
@@ -38,23 +39,34 @@ def narrow_step(h: Tensor) -> Tensor:
     return h.abs().amax((0, 2, 3)).double() / LIMB_MAX + 1e-12
 
 
-def narrow(q: Tensor, scale: Tensor, step: Tensor) -> Tensor:
-    """The one-limb copy (grid `step`) of residual-stream integers q (grid `scale`): what
-    the convolutions reading the stream see (two limbs there cost twice the time, for an
-    error of 0.002 rms in eps-hat on the photo model)."""
-    return (q * per_channel(scale / step)).round_().clamp_(-LIMB_MAX, LIMB_MAX)
+def narrow_factor(scale: Tensor, step: Tensor) -> Tensor:
+    """`narrow`'s factor from a residual grid `scale` to a one-limb grid `step`."""
+    return per_channel(scale / step)
 
 
-def _residual(base: Tensor, m1: Tensor, acc: Tensor, m2: Tensor, o: Tensor, limbs: int,
+def narrow(q: Tensor, factor: Tensor) -> Tensor:
+    """The one-limb copy (grid `step`) of residual-stream integers q (grid `scale`; factor:
+    `narrow_factor`): what the convolutions reading the stream see (two limbs there cost
+    twice the time, for an error of 0.002 rms in eps-hat on the photo model)."""
+    return (q * factor).round_().clamp_(-LIMB_MAX, LIMB_MAX)
+
+
+def residual_factors(m1: Tensor, m2: Tensor, o: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`_residual`'s per-channel factors in float32."""
+    return per_channel(m1), per_channel(m2), per_channel(o)
+
+
+def _residual(base: Tensor, acc: Tensor, factors: tuple[Tensor, Tensor, Tensor], limbs: int,
               own_base: bool = False) -> Tensor:
-    """round(acc m2 + base m1 + o) (per-channel factors), on the residual grid; acc (a
-    convolution's fresh output) is overwritten, and base too with `own_base`."""
-    scaled = base.mul_(per_channel(m1)) if own_base else base * per_channel(m1)
-    out = acc.mul_(per_channel(m2)).add_(scaled).add_(per_channel(o))
+    """round(acc m2 + base m1 + o) (factors (m1, m2, o): `residual_factors`), on the residual
+    grid; acc (a convolution's fresh output) is overwritten, and base too with `own_base`."""
+    m1, m2, o = factors
+    scaled = base.mul_(m1) if own_base else base * m1
+    out = acc.mul_(m2).add_(scaled).add_(o)
     return out.round_().clamp_(-limb_max(limbs), limb_max(limbs))
 
 
-class QStage(nn.Module):
+class QStage(Derived):
     """A 3x3 convolution onto the residual stream: the input convolution (its inputs on
     fixed grids, in `groups`), or a down- or upsampling one reading a one-limb copy
     of the stream."""
@@ -79,17 +91,22 @@ class QStage(nn.Module):
         self.conv.quantize(conv, self.in_step, self.source)
         out = conv(h)
         self.out_scale.copy_(residual_scale(out, self.limbs))
+        self.prepare()
         return out, self.out_scale
 
+    def _factors(self) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        return narrow_factor(self.in_scale, self.in_step), self.conv.requant_factors(self.out_scale)
+
     def forward(self, q: Tensor, emb: Tensor | None = None) -> Tensor:
+        to_step, requant = self.derived("factors", q.device, self._factors)
         if self.narrow:
-            q = narrow(q, self.in_scale, self.in_step)
+            q = narrow(q, to_step)
         if self.upsample:
             q = F.interpolate(q, scale_factor=2, mode="nearest")
-        return self.conv.requant(self.conv(q), self.out_scale, limb_max(self.limbs))
+        return self.conv.requant(self.conv(q), requant, limb_max(self.limbs))
 
 
-class QResBlock(nn.Module):
+class QResBlock(Derived):
     """`denoiser.ResBlock`; its input may be a concatenation of parts (channel counts)."""
 
     def __init__(self, cin: int, cout: int, temb: int, limbs: int, parts: tuple[int, ...] = (),
@@ -121,23 +138,34 @@ class QResBlock(nn.Module):
             self.skip.quantize(blk.skip, self.in_step)
         out = blk.skip(h) + blk.conv2(a2)
         self.out_scale.copy_(residual_scale(out, self.limbs))
+        self.prepare()
         return out, self.out_scale
 
-    def forward(self, q: Tensor, emb: Tensor) -> Tensor:
-        a1 = self.norm1(q, self.in_scale)
-        scale, shift = self.emb(emb).chunk(2, dim=1)
-        a2 = self.norm2(self.conv1(a1), self.conv1.w_scale, self.conv1.bias, (scale, shift), own=True)
-        acc = self.conv2(a2)
+    def _factors(self) -> dict[str, Any]:
+        """The norms' inputs' scales on the host, the skip's parts' narrowing factors and the
+        residual sum's factors."""
         s = self.out_scale
         if self.skip is None:
-            base, m1, o = q, self.in_scale / s, self.conv2.bias / s
+            m1, o = self.in_scale / s, self.conv2.bias / s
+            parts = []
         else:
-            spans = self.skip._spans()  # each part's one-limb copy made dense by narrow
-            base = self.skip.forward_groups([narrow(q[:, lo:hi], self.in_scale[lo:hi], self.in_step[lo:hi])
-                                             for lo, hi, _ in spans])
             m1, o = self.skip.w_scale / s, (self.conv2.bias + self.skip.bias) / s
-        return _residual(base, m1, acc, self.conv2.w_scale / s, o, self.limbs,
-                         own_base=self.skip is not None)  # the skip's output is fresh
+            parts = [(lo, hi, narrow_factor(self.in_scale[lo:hi], self.in_step[lo:hi]))
+                     for lo, hi, _ in self.skip._spans()]
+        return {"in": host(self.in_scale), "conv1": (host(self.conv1.w_scale), host(self.conv1.bias)),
+                "parts": parts, "residual": residual_factors(m1, self.conv2.w_scale / s, o)}
+
+    def forward(self, q: Tensor, emb: Tensor) -> Tensor:
+        f = self.derived("factors", q.device, self._factors)
+        a1 = self.norm1(q, f["in"])
+        scale, shift = self.emb(emb).chunk(2, dim=1)
+        a2 = self.norm2(self.conv1(a1), *f["conv1"], (scale, shift), own=True)
+        acc = self.conv2(a2)
+        if self.skip is None:
+            return _residual(q, acc, f["residual"], self.limbs)
+        # each part's one-limb copy, made dense by narrow; the skip's output is fresh
+        base = self.skip.forward_groups([narrow(q[:, lo:hi], factor) for lo, hi, factor in f["parts"]])
+        return _residual(base, acc, f["residual"], self.limbs, own_base=True)
 
 
 def exp_table() -> Tensor:
@@ -149,7 +177,7 @@ def exp_table() -> Tensor:
     return t
 
 
-class QAttention(nn.Module):
+class QAttention(Derived):
     """Single-head self-attention: exact integer scores, softmax weights from a table of
     e^-d (integers up to 2^20), weighted sums exact in float64."""
 
@@ -168,6 +196,7 @@ class QAttention(nn.Module):
 
     def prepare(self) -> None:
         """The table of e^-d (derived: after calibration or loading)."""
+        super().prepare()
         self.table = exp_table().to(self.in_scale.device)
 
     @torch.no_grad()
@@ -182,30 +211,34 @@ class QAttention(nn.Module):
         o = torch.einsum("bij,bcj->bci", w, v).reshape(B, C, H, W)
         self.o_scale.fill_(float(o.abs().max()) / LIMB_MAX + 1e-12)
         self.out.quantize(att.out, self.o_scale.expand(C))
-        self.prepare()
         out = h + att.out(o)
         self.out_scale.copy_(residual_scale(out, self.limbs))
+        self.prepare()
         return out, self.out_scale
 
-    def _qkv(self, h: Tensor) -> list[Tensor]:
+    def _factors(self) -> dict[str, Any]:
+        """The q, k, v grids' factors, the logits' scale kappa, and the residual sum's factors."""
+        C, s = self.in_scale.numel(), self.out_scale
+        qkv = [(per_channel(self.qkv.w_scale[i * C:(i + 1) * C] / self.qkv_scale[i]),
+                per_channel(self.qkv.bias[i * C:(i + 1) * C] / self.qkv_scale[i])) for i in range(3)]
+        kappa = (self.qkv_scale[0] * self.qkv_scale[1] * float(1 << LOGIT_BITS)
+                 / torch.sqrt(tensor_like(C, self.in_scale))).float()
+        return {"in": host(self.in_scale), "qkv": qkv, "kappa": kappa,
+                "residual": residual_factors(self.in_scale / s, self.out.w_scale / s, self.out.bias / s)}
+
+    def _qkv(self, h: Tensor, f: dict[str, Any]) -> list[Tensor]:
         B, C = h.shape[:2]
-        acc = self.qkv(self.norm(h, self.in_scale))
-        out = []
-        for i in range(3):
-            part = slice(i * C, (i + 1) * C)
-            m = (self.qkv.w_scale[part] / self.qkv_scale[i]).float().view(1, C, 1, 1)
-            o = (self.qkv.bias[part] / self.qkv_scale[i]).float().view(1, C, 1, 1)
-            out.append((acc[:, part] * m).add_(o).round_().clamp_(-LIMB_MAX, LIMB_MAX).reshape(B, C, -1))
-        return out
+        acc = self.qkv(self.norm(h, f["in"]))
+        return [(acc[:, i * C:(i + 1) * C] * m).add_(o).round_().clamp_(-LIMB_MAX, LIMB_MAX).reshape(B, C, -1)
+                for i, (m, o) in enumerate(f["qkv"])]
 
     def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
         B, C, H, W = h.shape
-        q, k, v = self._qkv(h)
+        f = self.derived("factors", h.device, self._factors)
+        q, k, v = self._qkv(h, f)
         dt = carrier_dtype()  # one-limb operands, C * 255^2 <= 2^24: exact in either carrier
         scores = torch.bmm(q.transpose(1, 2).to(dt), k.to(dt)).float()
-        kappa = (self.qkv_scale[0] * self.qkv_scale[1] * float(1 << LOGIT_BITS)
-                 / torch.sqrt(tensor_like(C, h))).float()
-        t = scores.mul_(kappa).round_()  # in place (a fresh tensor): the same operations
+        t = scores.mul_(f["kappa"]).round_()  # in place (a fresh tensor): the same operations
         top = t.amax(-1, keepdim=True)
         d = t.neg_().add_(top).clamp_(max=len(self.table) - 1)  # top - t: a - b is a + (-b)
         idx = round_bits(d).sub_(ROUNDER_BITS)  # the integers d in [0, len) as int32
@@ -218,5 +251,4 @@ class QAttention(nn.Module):
         a = r[:, :, :C] / r[:, :, C:] * (self.qkv_scale[2] / self.o_scale)
         a = torch.round(a).clamp_(-LIMB_MAX, LIMB_MAX).float().transpose(1, 2)
         acc = self.out(a.reshape(B, C, H, W))
-        s = self.out_scale
-        return _residual(h, self.in_scale / s, acc, self.out.w_scale / s, self.out.bias / s, self.limbs)
+        return _residual(h, acc, f["residual"], self.limbs)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import exactmath as em
+
+_T = TypeVar("_T")
 
 LIMB = 256
 LIMB_MAX = 255  # a limb's magnitude bound (activations and weights)
@@ -206,6 +208,33 @@ def zero_point_grid(lo: Tensor, hi: Tensor, qmax: int) -> tuple[Tensor, Tensor]:
     return step, torch.round(-(hi + lo) / (2 * step))
 
 
+class Derived(nn.Module):
+    """A module whose forward uses values derived from its buffers (factors in float32,
+    weights in the carrier, host copies): made on first use, per device, and forgotten by
+    `prepare`, which runs after calibration and loading. Made once, they are the same bits
+    as made on every call, without a dozen small tensor operations per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._derived: dict[tuple[Hashable, torch.device], Any] = {}
+
+    def derived(self, key: Hashable, device: torch.device, make: Callable[[], _T]) -> _T:
+        """make() the first time (key, device) is asked for, then its saved result."""
+        k = (key, device)
+        if k not in self._derived:
+            self._derived[k] = make()
+        return self._derived[k]
+
+    def prepare(self) -> None:
+        """Forget the derived values (after calibration or loading)."""
+        self._derived.clear()
+
+
+def host(t: Tensor) -> np.ndarray:
+    """A tensor's values in a numpy array on the host (for the norms' small vectors)."""
+    return t.detach().cpu().numpy()
+
+
 class Tables(nn.Module):
     """One table per channel of round(fn(k step_c) / out_scale_c) + zero_c, k =
     -TABLE_HALF..TABLE_HALF (clamped to +-qmax), laid end to end (int16 where the values
@@ -264,7 +293,7 @@ class Tables(nn.Module):
         return v.copy_(out)  # float32, into v's memory (the indices are used up)
 
 
-class QConv(nn.Module):
+class QConv(Derived):
     """A convolution with integer weights on integer inputs.
 
     The input channels form `groups`, runs of (channels, limbs) sharing an input
@@ -296,8 +325,6 @@ class QConv(nn.Module):
             self.register_buffer("in_zero", torch.zeros(cin, dtype=torch.float64))
         else:
             self.in_zero: Tensor | None = None
-        self._borders: dict[tuple[int, int, torch.device], Tensor] = {}
-        self._carried: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
 
     @property
     def w_scale(self) -> Tensor:
@@ -363,29 +390,23 @@ class QConv(nn.Module):
     def _weights(self) -> list[Tensor]:
         """Per group, its weights in the carrier: the limbs stacked as output channels (limb k
         is outputs k Cout..(k+1) Cout - 1). Made once per carrier and device."""
-        key = (_CARRIER.get(), self.weight.device)
-        if key not in self._carried:
-            self._carried[key] = [torch.cat(split_weight(self.weight[:, lo:hi].double(), self.wlimbs)).to(key[0])
-                                  for lo, hi, _ in self._spans()]
-        return self._carried[key]
-
-    def prepare(self) -> None:
-        """Forget the weights in the carrier and the padding rings (after quantisation or loading)."""
-        self._carried.clear()
-        self._borders.clear()
+        dtype = _CARRIER.get()
+        return self.derived(("weights", dtype), self.weight.device, lambda: [
+            torch.cat(split_weight(self.weight[:, lo:hi].double(), self.wlimbs)).to(dtype)
+            for lo, hi, _ in self._spans()])
 
     def _border(self, H: int, W: int, like: Tensor) -> Tensor:
         """(1, Cout, H', W'): what padding with the zero points (which stand for 0) adds to
         each output over padding with 0: the convolution of the zero points on the padding
         ring. Exact integers (one-limb operands), made once per input size."""
         assert self.in_zero is not None
-        key = (H, W, like.device)
-        if key not in self._borders:
+
+        def make() -> Tensor:
             p, C = self.padding, self.in_zero.numel()
             ring = per_channel(self.in_zero).expand(1, C, H + 2 * p, W + 2 * p).clone().to(like.device)
             ring[:, :, p:p + H, p:p + W] = 0.0
-            self._borders[key] = self._conv(ring, self._weights()[0], 0)
-        return self._borders[key]
+            return self._conv(ring, self._weights()[0], 0)
+        return self.derived(("border", H, W), like.device, make)
 
     def forward(self, q: Tensor) -> Tensor:
         if self.in_zero is not None and self.padding:
@@ -403,29 +424,40 @@ class QConv(nn.Module):
         dense, channels-last, by their producer, they need no copy: a convolution's input is)."""
         B, cout = parts[0].shape[0], self.weight.shape[0]
         acc = None
+        factors = self.derived("ratios", parts[0].device, self._ratios)
         for g, ((lo, hi, limbs), w) in enumerate(zip(self._spans(), self._weights())):
-            ratio = per_channel(self.g_scale[g] / self.g_scale[0])
             limb_list = split_limbs(parts[g], limbs)
             x = limb_list[0] if limbs == 1 else torch.cat(limb_list)  # the limbs as more batch entries
             sums = self._conv(x, w, self.padding)  # input limb j, weight limb k: sums[jB:, kCout:]
             for k in range(self.wlimbs):
                 for j in range(limbs):
-                    term = sums[j * B:(j + 1) * B, k * cout:(k + 1) * cout].mul_(ratio * float(LIMB ** (j + k)))
+                    term = sums[j * B:(j + 1) * B, k * cout:(k + 1) * cout].mul_(factors[g][j + k])
                     acc = term if acc is None else acc.add_(term)
         assert acc is not None
         return acc
+
+    def _ratios(self) -> list[list[Tensor]]:
+        """Per group g and limb weight 256^n: g's scale over the first group's, times 256^n
+        (float32, per output channel)."""
+        n = max(limbs for _, limbs in self.groups) + self.wlimbs - 1
+        return [[per_channel(self.g_scale[g] / self.g_scale[0]) * float(LIMB ** i) for i in range(n)]
+                for g in range(len(self.groups))]
 
     def real(self, acc: Tensor) -> Tensor:
         """The real-valued output (float64) of forward's sums `acc`."""
         return acc.double() * self.w_scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
-    def requant(self, acc: Tensor, out_scale: Tensor, qmax: int) -> Tensor:
-        """The output on the integer grid of per-channel step out_scale, clamped to +-qmax."""
-        y = acc * per_channel(self.w_scale / out_scale)
-        return y.add_(per_channel(self.bias / out_scale)).round_().clamp_(-qmax, qmax)
+    def requant_factors(self, out_scale: Tensor) -> tuple[Tensor, Tensor]:
+        """`requant`'s factors for the grid of per-channel step out_scale."""
+        return per_channel(self.w_scale / out_scale), per_channel(self.bias / out_scale)
+
+    def requant(self, acc: Tensor, factors: tuple[Tensor, Tensor], qmax: int) -> Tensor:
+        """The output on the integer grid of `requant_factors`, clamped to +-qmax; acc (fresh
+        sums) is overwritten."""
+        return acc.mul_(factors[0]).add_(factors[1]).round_().clamp_(-qmax, qmax)
 
 
-class WideLinear(nn.Module):
+class WideLinear(Derived):
     """A small dense layer in float64: inputs and weights rounded to 20-bit integers
     (the input's scale chosen per row, so a row's result does not depend on its batch)."""
 
@@ -445,31 +477,29 @@ class WideLinear(nn.Module):
         self.weight.copy_(q.to(torch.int32))
         self.w_scale.copy_(scale)
         self.bias.copy_(lin.bias.detach().double())
+        self.prepare()
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.double()
         top = x.abs().amax(1, keepdim=True)
         s = torch.where(top > 0, top, torch.ones_like(top)) / tensor_like(1 << WIDE_BITS, x)
-        acc = torch.round(x / s) @ self.weight.double().t()
+        w = self.derived("weight", x.device, lambda: self.weight.double().t())
+        acc = torch.round(x / s) @ w
         return acc * s * self.w_scale + self.bias
-
-
-def _host(t: Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
 
 
 def _stats(x: Tensor, scale: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per (batch, channel) sums of y and y^2 over positions, y = x scale + bias, from each
     (batch, channel)'s one-limb view r = round(x 255 / max|x|) (exact sums; float64)."""
-    top = np.maximum(_host(x.amax((2, 3))), -_host(x.amin((2, 3)))).astype(np.float64)
+    top = np.maximum(host(x.amax((2, 3))), -host(x.amin((2, 3)))).astype(np.float64)
     u = LIMB_MAX / np.maximum(top, 1e-30)
     r = x * torch.from_numpy(u.astype(np.float32)).to(x.device)[:, :, None, None]
-    s1, s2 = (_host(s) for s in chunk_sums(r.round_()))
+    s1, s2 = (host(s) for s in chunk_sums(r.round_()))
     a, n = scale / u, float(x.shape[2] * x.shape[3])
     return a * s1 + bias * n, a * a * s2 + 2.0 * a * bias * s1 + bias * bias * n
 
 
-class QNorm(nn.Module):
+class QNorm(Derived):
     """GroupNorm of integers x (real value x scale + bias per channel), an optional
     per-sample affine, then SiLU through tables (`act`) or nothing, onto per-channel
     grids of `limbs` limbs (with zero points: `Tables`)."""
@@ -500,7 +530,14 @@ class QNorm(nn.Module):
         n = norm(x)
         if scale_shift is not None:
             n = n * (1 + scale_shift[0]) + scale_shift[1]
-        return self.tables.calibrate(n)
+        out = self.tables.calibrate(n)
+        self.prepare()
+        return out
+
+    def _host(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """gamma, beta and the grid the affine output is divided by, on the host."""
+        return self.derived("host", self.gamma.device, lambda: (
+            host(self.gamma), host(self.beta), host(self.tables.step if self.act else self.tables.out_scale)))
 
     def _affine(self, x: Tensor, scale: np.ndarray, bias: np.ndarray,
                 scale_shift: tuple[Tensor, Tensor] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -514,29 +551,30 @@ class QNorm(nn.Module):
         mean = sum_in_order(s1.reshape(B, self.groups, cg)) / count
         var = np.maximum(sum_in_order(s2.reshape(B, self.groups, cg)) / count - mean * mean, 0.0)
         inv = 1.0 / np.sqrt(var + self.eps)
-        g = _host(self.gamma) * inv.repeat(cg, 1)
+        gamma, beta, _ = self._host()
+        g = gamma * inv.repeat(cg, 1)
         m = scale * g
-        o = _host(self.beta) + (bias - mean.repeat(cg, 1)) * g
+        o = beta + (bias - mean.repeat(cg, 1)) * g
         if scale_shift is not None:
-            s, t = _host(scale_shift[0]), _host(scale_shift[1])
+            s, t = host(scale_shift[0]), host(scale_shift[1])
             m = m * (1.0 + s)
             o = o * (1.0 + s) + t
         return m, o
 
-    def forward(self, x: Tensor, scale: Tensor, bias: Tensor | None = None,
+    def forward(self, x: Tensor, scale: np.ndarray, bias: np.ndarray | None = None,
                 scale_shift: tuple[Tensor, Tensor] | None = None, own: bool = False) -> Tensor:
-        """The output integers for input integers x of per-channel scale and bias; `own`: the
-        caller is done with x, which then holds the scaled input (no fresh tensor)."""
-        sc = _host(scale)
-        m, o = self._affine(x, sc, np.zeros_like(sc) if bias is None else _host(bias), scale_shift)
-        to = _host(self.tables.step if self.act else self.tables.out_scale)
+        """The output integers for input integers x of per-channel scale and bias (float64, on
+        the host: `host`); `own`: the caller is done with x, which then holds the scaled input
+        (no fresh tensor)."""
+        m, o = self._affine(x, scale, np.zeros_like(scale) if bias is None else bias, scale_shift)
+        to = self._host()[2]
         a, b = (torch.from_numpy((v / to).astype(np.float32)).to(x.device)[:, :, None, None] for v in (m, o))
         n = x.mul_(a) if own else x * a
         n.add_(b)
         return self.tables.lookup(n) if self.act else n.round_().clamp_(-self.qmax, self.qmax)
 
 
-class QAct(nn.Module):
+class QAct(Derived):
     """SiLU of a convolution's real output through per-channel tables, onto `limbs` limbs."""
 
     def __init__(self, channels: int, limbs: int = 1) -> None:
@@ -548,9 +586,14 @@ class QAct(nn.Module):
         return self.tables.out_scale
 
     def calibrate(self, x: Tensor) -> Tensor:
-        return self.tables.calibrate(x)
+        """Fit the tables to x, the real output of the convolution this follows (quantised first)."""
+        out = self.tables.calibrate(x)
+        self.prepare()
+        return out
 
     def forward(self, acc: Tensor, conv: QConv) -> Tensor:
+        """The output for the sums `acc` of `conv` (always the same convolution); acc is overwritten."""
         step = self.tables.step
-        n = acc * per_channel(conv.w_scale / step)
-        return self.tables.lookup(n.add_(per_channel(conv.bias / step)))
+        m, o = self.derived("factors", acc.device, lambda: (per_channel(conv.w_scale / step),
+                                                             per_channel(conv.bias / step)))
+        return self.tables.lookup(acc.mul_(m).add_(o))

@@ -21,7 +21,8 @@ from . import exactmath as em
 from .configs import ModelConfig
 from .denoiser import CONTEXT_CHANNELS, UNet, _groups, timestep_embedding, with_context
 from .intblocks import QAttention, QResBlock, QStage
-from .intops import LIMB, LIMB_MAX, QConv, QNorm, WideLinear, limb_max, split_limbs, tensor_like
+from .intops import (LIMB, LIMB_MAX, Derived, QConv, QNorm, WideLinear, host, limb_max, split_limbs,
+                     tensor_like)
 
 Z_BITS, GAMMA_BITS = 20, 20  # z's phase and gamma's mean (the time): steps of 2^-bits
 Z_INPUT_BITS = 14  # z as an input: two limbs, |z| < 4 (beyond: clamped)
@@ -63,7 +64,7 @@ def _pairs(qblk: nn.ModuleList, blk: nn.ModuleList) -> Iterator[tuple[nn.Module,
         yield from zip(qblk, blk)
 
 
-class QUNet(nn.Module):
+class QUNet(Derived):
     """The U-Net; `zero_point`: SiLU grids with zero points (integer scheme 2)."""
 
     def __init__(self, cfg: ModelConfig, zero_point: bool = False) -> None:
@@ -110,8 +111,12 @@ class QUNet(nn.Module):
             self.register_buffer(f"fsin{i}", torch.zeros(0), persistent=False)
             self.register_buffer(f"fcos{i}", torch.zeros(0), persistent=False)
 
+    def _h_scale(self) -> Any:
+        return self.derived("h_scale", self.h_scale.device, lambda: host(self.h_scale))
+
     def prepare(self) -> None:
         """The Fourier feature tables (derived: after calibration or loading)."""
+        super().prepare()
         for i, n in enumerate(self.cfg.fourier_powers):
             s, c = fourier_tables(n, 2)
             setattr(self, f"fsin{i}", s.to(self.in_scale.device))
@@ -195,7 +200,7 @@ class QUNet(nn.Module):
         emb = em.silu(self.temb2(em.silu(self.temb0(sinusoid(t, self.cfg.width)))))
         h = self._walk(self.conv_in(x), lambda layer, _, q: layer(q, emb),
                        lambda a, b: torch.cat([a, b], dim=1))
-        out = self.conv_out.real(self.conv_out(self.norm_out(h, self.h_scale, own=True)))
+        out = self.conv_out.real(self.conv_out(self.norm_out(h, self._h_scale(), own=True)))
         m = self.cfg.context
         return out[:, :, m:out.shape[2] - m, m:out.shape[3] - m] if m else out
 
@@ -214,3 +219,4 @@ class QUNet(nn.Module):
         self.h_scale.copy_(scale)
         self.norm_out.calibrate(unet.norm_out, h)
         self.conv_out.quantize(unet.conv_out, self.norm_out.out_scale, in_zero=self.norm_out.out_zero)
+        self.prepare()

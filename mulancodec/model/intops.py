@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from typing import Any, Callable, Hashable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -166,13 +167,19 @@ def table_at(table: Tensor, idx: Tensor) -> Tensor:
     return out.permute(0, 3, 1, 2) if last else out
 
 
+@functools.lru_cache(maxsize=None)
+def _chunk(n: int) -> int:
+    """The largest divisor of n whose chunk sums of squared one-limb integers are exact."""
+    return max(d for d in range(1, STAT_CHUNK + 1) if n % d == 0)
+
+
 def chunk_sums(r: Tensor) -> tuple[Tensor, Tensor]:
     """Per (batch, channel) sums of r and r^2 over positions, exact (float64), for integers
     |r| <= 255: float32 sums of chunks of at most 258 (exact in any order), then float64.
     r is overwritten with its squares (exact: < 2^16; in place, no fresh tensor)."""
     B, C = r.shape[:2]
     n = r.shape[2] * r.shape[3]
-    chunk = max(d for d in range(1, STAT_CHUNK + 1) if n % d == 0)
+    chunk = _chunk(n)
     d, last = dense(r)
     v = d.view(B, n // chunk, chunk, C) if last else d.view(B, C, n // chunk, chunk)
     within, across = (2, 1) if last else (3, 2)

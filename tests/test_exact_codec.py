@@ -90,6 +90,16 @@ def test_decodes_however_the_network_runs(data, ilm, image, how):
     assert np.array_equal(out, image)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (this machine has none)")
+def test_files_cross_between_cpu_and_gpu(int_path, data, image):
+    """A CPU file decodes on the GPU; the GPU writes the CPU's bytes, and they decode on the CPU."""
+    gpu = load_model(int_path, "cuda")
+    assert np.array_equal(mc.decompress(data, model=gpu, device="cuda"), image)
+    made = mc.compress(image, model=gpu, device="cuda", fallback=False, max_batch=4)
+    assert made == data
+    assert np.array_equal(mc.decompress(made, model=load_model(int_path), device="cpu"), image)
+
+
 def test_a_float_models_files_stay_version_2(lm, image):
     data = mc.compress(image, model=lm, steps=2, fallback=False)
     assert data[4] == fmt.FLOAT_VERSION == mc.read_header(data).version == 2

@@ -396,11 +396,12 @@ class QConv(Derived):
 
     def _weights(self) -> list[Tensor]:
         """Per group, its weights in the carrier: the limbs stacked as output channels (limb k
-        is outputs k Cout..(k+1) Cout - 1). Made once per carrier and device."""
+        is outputs k Cout..(k+1) Cout - 1), channels-last like the activations (else oneDNN
+        reorders them on every call). Made once per carrier and device."""
         dtype = _CARRIER.get()
         return self.derived(("weights", dtype), self.weight.device, lambda: [
             torch.cat(split_weight(self.weight[:, lo:hi].double(), self.wlimbs)).to(dtype)
-            for lo, hi, _ in self._spans()])
+            .contiguous(memory_format=torch.channels_last) for lo, hi, _ in self._spans()])
 
     def _border(self, H: int, W: int, like: Tensor) -> Tensor:
         """(1, Cout, H', W'): what padding with the zero points (which stand for 0) adds to

@@ -396,8 +396,8 @@ class QConv(Derived):
 
     def _weights(self) -> list[Tensor]:
         """Per group, its weights in the carrier: the limbs stacked as output channels (limb k
-        is outputs k Cout..(k+1) Cout - 1), channels-last like the activations (else oneDNN
-        reorders them on every call). Made once per carrier and device."""
+        is outputs k Cout..(k+1) Cout - 1), channels-last like the activations (else torch
+        copies them into that layout on every call). Made once per carrier and device."""
         dtype = _CARRIER.get()
         return self.derived(("weights", dtype), self.weight.device, lambda: [
             torch.cat(split_weight(self.weight[:, lo:hi].double(), self.wlimbs)).to(dtype)

@@ -601,7 +601,5 @@ class QAct(Derived):
 
     def forward(self, acc: Tensor, conv: QConv) -> Tensor:
         """The output for the sums `acc` of `conv` (always the same convolution); acc is overwritten."""
-        step = self.tables.step
-        m, o = self.derived("factors", acc.device, lambda: (per_channel(conv.w_scale / step),
-                                                             per_channel(conv.bias / step)))
+        m, o = self.derived("factors", acc.device, lambda: conv.requant_factors(self.tables.step))
         return self.tables.lookup(acc.mul_(m).add_(o))

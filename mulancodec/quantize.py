@@ -36,7 +36,7 @@ def quantize(model: MuLAN, tiles: TileSet | np.ndarray, seed: int = 0, scheme: i
     xu = to_unit(x)
     post = model.latent_posterior(xu)
     c = None if post is None else post[0] + post[1] * torch.randn(post[0].shape, generator=gen)
-    sched = model.schedule(c, xu)
+    sched = model.schedule(c, xu, ctx)
     B = len(x)
     t = (torch.arange(B) + torch.rand(B, generator=gen)) / B
     g = sched.gamma(t).expand_as(xu)
@@ -45,6 +45,6 @@ def quantize(model: MuLAN, tiles: TileSet | np.ndarray, seed: int = 0, scheme: i
     qm = IntegerMuLAN(model.cfg, scheme)
     if qm.encoder is not None:
         qm.encoder.calibrate(model.encoder, xu)
-    qm.schedule_net.calibrate(model.schedule_net, c)
+    qm.schedule_net.calibrate(model.schedule_net, c, ctx)
     qm.denoiser.calibrate(model.denoiser, z, model.gamma_norm(g), c, ctx)
     return qm.prepare().eval()

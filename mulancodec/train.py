@@ -179,7 +179,8 @@ def warm_start(model: MuLAN, path: str) -> str:
             s = src.get(name)
             if s is not None and s.shape == t.shape:
                 t.copy_(s)
-            elif s is not None and name.endswith("conv_in.weight") and s.shape[1] < t.shape[1] \
+            elif s is not None and name.endswith(("conv_in.weight", "schedule_net.net.0.weight")) \
+                    and s.shape[1] < t.shape[1] \
                     and s.shape[0] == t.shape[0] and s.shape[2:] == t.shape[2:]:
                 t.zero_()
                 t[:, :s.shape[1]] = s
@@ -188,6 +189,8 @@ def warm_start(model: MuLAN, path: str) -> str:
                 t[:s.shape[0]] = s  # eps-hat's outputs; mse-hat's keep their initial values
             elif s is None and name == "schedule_net.ends":
                 pass  # learned end points start at the config's (the source's fixed ones)
+            elif s is None and name.startswith(("denoiser.full.", "schedule_net.context_net.")):
+                pass  # added parts: zero residuals, or read through zero weights (above)
             else:
                 raise ValueError(f"--init {path}: {name} does not fit this config")
     return lm.model_id
@@ -285,6 +288,7 @@ class _Log:
             self.bar = tqdm(total=args.max_steps, initial=step, unit="step", dynamic_ncols=True)
         self.acc: dict[str, torch.Tensor] = {}
         self.n, self.t, self.step = 0, time.time(), step
+        self.cpu0 = time.process_time()  # CPU time of this process: fair comparisons under load
 
     def write(self, rec: dict[str, Any]) -> None:
         if self.file is not None:
@@ -302,7 +306,8 @@ class _Log:
     def flush(self, st: TrainState, lr: float) -> None:
         now = time.time()
         sps = (st.step - self.step) / max(1e-9, now - self.t)
-        rec = {"kind": "train", "step": st.step, "seconds": round(st.seconds, 2), "lr": lr,
+        rec = {"kind": "train", "step": st.step, "seconds": round(st.seconds, 2),
+               "cpu_seconds": round(time.process_time() - self.cpu0, 2), "lr": lr,
                "steps_per_s": round(sps, 3)}
         rec.update({k: round(float(v) / self.n, 5) for k, v in self.acc.items()})
         if not math.isfinite(rec["bpd"]):

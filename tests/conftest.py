@@ -54,6 +54,11 @@ def make_tiny_model(seed: int = 0, config: str = "tiny", noise: float = 0.02):
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * noise)
+        if m.cfg.schedule_context:  # a context-reading schedule: make the context's effect plain
+            net, n = m.schedule_net.net, m.cfg.latent_channels
+            net[0].weight[:, n:].normal_(0.0, 0.5)
+            net[-1].weight.normal_(0.0, 0.3)
+            m.schedule_net.context_net[-1].weight.normal_(0.0, 1.0)
     return m.eval()
 
 

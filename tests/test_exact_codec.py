@@ -31,10 +31,17 @@ from conftest import make_tiny_model, smooth_image
 T = 3
 
 
+@pytest.fixture(scope="module", params=["tiny-lv", "tiny-unusual"])
+def layout(request):
+    """A tiny model with everything (latent, context, learned variance and ends); and one of
+    a layout no shipped model has, whose integer version nothing was written for."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def int_path(tmp_path_factory):
-    """A tiny integer model with everything (latent, context, learned variance and ends)."""
-    m = make_tiny_model(0, "tiny-lv")
+def int_path(tmp_path_factory, layout):
+    """The layout's tiny integer model."""
+    m = make_tiny_model(0, layout)
     rng = np.random.default_rng(4)
     images = [smooth_image(rng, 48, 48, 3) for _ in range(4)]
     qm = quantize(m, RandomCrops(images, m.cfg.tile, m.cfg.context, 0).batch(0, 24))
@@ -183,7 +190,7 @@ def test_encode_with_2_threads_decode_with_1_and_3(int_path, data, image, tmp_pa
     assert r3[str(tmp_path / "t2.mlc")] and r3["threads"] == 3
 
 
-def test_eval_gives_an_integer_models_bound_at_T(int_path, tmp_path):
+def test_eval_gives_an_integer_models_bound_at_T(int_path, layout, tmp_path):
     """`eval` of an integer model: -ELBO_T from the codec's definitions (no continuous bound),
     close to its float model's on the same tiles, and T = 0 refused in one line."""
     from mulancodec.quantcost import difference, paired_elbo, stratified_k
@@ -197,7 +204,7 @@ def test_eval_gives_an_integer_models_bound_at_T(int_path, tmp_path):
     assert res["bpd"] is None and res["strata"] == stratified_k(6) == 6 and res["n_images"] == 24
     from mulancodec.data import image_tiles, load_images
 
-    m = make_tiny_model(0, "tiny-lv")
+    m = make_tiny_model(0, layout)
     tiles = image_tiles(load_images(str(tmp_path / "d.npz")), m.cfg.tile, m.cfg.context)
     both = paired_elbo({"float": m, "int": load_model(int_path).model}, tiles, 6, 6, batch=64)  # eval's batch
     assert res["bpd_T"] == pytest.approx(float(both["int"]["total"].mean()), rel=1e-9)

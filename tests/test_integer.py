@@ -33,7 +33,8 @@ def _tiles(cfg, n: int, seed: int):
     return RandomCrops(images, cfg.tile, cfg.context, seed).batch(0, n)
 
 
-@pytest.fixture(scope="module", params=[("tiny", 2), ("tiny-lv", 2), ("tiny-nolatent", 2), ("tiny-lv", 1)],
+@pytest.fixture(scope="module", params=[("tiny", 2), ("tiny-lv", 2), ("tiny-nolatent", 2), ("tiny-lv", 1),
+                                        ("tiny-unusual", 2)],
                 ids=lambda p: f"{p[0]}-scheme{p[1]}")
 def case(request):
     """(float model, integer model, inputs) for a tiny config and integer scheme."""
@@ -46,7 +47,7 @@ def case(request):
     with torch.no_grad():
         post = qm.latent_posterior(xu)
         c = None if post is None else (post[0] + post[1] * torch.randn(post[0].shape, generator=g)).float()
-        gamma = qm.schedule(c, xu).gamma(torch.rand(B, generator=g)).expand_as(xu)
+        gamma = qm.schedule(c, xu, ctx).gamma(torch.rand(B, generator=g)).expand_as(xu)
         a, s = alpha_sigma(gamma, em.EXACT)
         z = (a * xu + s * torch.randn(xu.shape, generator=g, dtype=torch.float64)).float()
     return m, qm, (xu, c, gamma.float(), z, ctx)
@@ -56,7 +57,7 @@ def outputs(qm, inputs) -> list[torch.Tensor]:
     """Everything the codec takes from the model, for these inputs."""
     xu, c, gamma, z, ctx = inputs
     post = qm.latent_posterior(xu)
-    sched = qm.schedule(c, xu)
+    sched = qm.schedule(c, xu, ctx)
     eps, mse = qm.denoise(z, gamma, c, ctx)
     g_s, g_t = sched.gamma(0.25), sched.gamma(0.3)
     mean, std = reverse_step(z.double(), eps, g_s, g_t, mse, fns=qm.elementary)
@@ -76,6 +77,27 @@ def test_outputs_are_float64_and_close_to_the_float_model(case):
     assert eps_i.dtype == torch.float64
     err = float((eps_i - eps_f).pow(2).mean().sqrt())
     assert err < 0.05 * float(eps_f.pow(2).mean().sqrt()) + 1e-4
+
+
+def test_a_context_schedule_reads_the_context_in_both_arithmetics():
+    """`schedule_context`: the integer schedule follows the float one, and both change when
+    the context does (smooth and busy surroundings get their own schedules)."""
+    m = make_tiny_model(0, "tiny-unusual")
+    qm = quantize(m, _tiles(m.cfg, 24, 1))
+    x, ctx = batch_tensors(_tiles(m.cfg, B, 2), "cpu")
+    xu = to_unit(x)
+    with torch.no_grad():
+        c = m.latent_posterior(xu)[0]
+        g_f = m.schedule(c, xu, ctx).gamma(0.5)
+        g_f_none = m.schedule(c, xu, None).gamma(0.5)
+    g_i = qm.schedule(c, xu, ctx).gamma(0.5)
+    g_i_none = qm.schedule(c, xu, None).gamma(0.5)
+    rms = lambda d: float(d.double().pow(2).mean().sqrt())  # noqa: E731
+    effect = rms(g_f - g_f_none)
+    assert effect > 1e-3
+    # the integer schedule's response to the context is the float one's, up to quantisation
+    # error (grids fitted on other tiles); ignoring or misreading the context gives ~1 or more
+    assert rms((g_i - g_i_none) - (g_f - g_f_none)) < 0.5 * effect
 
 
 def test_float32_and_float64_carriers_agree(case):

@@ -57,6 +57,12 @@ class ModelConfig:
     reverse_variance: str = "fixed"
     # learn the schedule's end points gamma(0), gamma(1) (else fixed at gamma_min, gamma_max)
     learned_ends: bool = False
+    # residual blocks added at the window's full resolution after the U-Net's up path:
+    # capacity where the bits are (80% of them at noise std below 2.5 grey levels)
+    full_blocks: int = 0
+    # the schedule also sees the context (pixels the decoder has around the tile), so
+    # smooth and busy regions get their own schedules at no cost in bits
+    schedule_context: bool = False
 
     @property
     def learned_variance(self) -> bool:
@@ -84,7 +90,7 @@ class ModelConfig:
         ints = {"channels": (3, 3), "tile": (1, 1024), "schedule_width": (1, 4096),
                 "schedule_dense_width": (1, 1 << 16), "latent_channels": (0, 256),
                 "latent_factor": (1, 256), "latent_width": (1, 4096), "width": (1, 4096),
-                "blocks": (1, 64), "context": (0, 256)}
+                "blocks": (1, 64), "context": (0, 256), "full_blocks": (0, 64)}
         for name, (lo, hi) in ints.items():
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
@@ -105,8 +111,12 @@ class ModelConfig:
             raise ValueError(f"schedule_head must be conv or dense, not {self.schedule_head!r}")
         if self.reverse_variance not in ("fixed", "learned"):
             raise ValueError(f"reverse_variance must be fixed or learned, not {self.reverse_variance!r}")
-        if not isinstance(self.learned_ends, bool):
-            raise ValueError(f"learned_ends must be true or false, not {self.learned_ends!r}")
+        for name in ("learned_ends", "schedule_context"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, not {getattr(self, name)!r}")
+        if self.schedule_context and not (self.context and self.schedule == "mulan"
+                                          and self.latent_channels and self.schedule_head == "conv"):
+            raise ValueError("schedule_context needs a context margin and the conv mulan schedule")
         if self.schedule not in ("mulan", "scalar", "linear"):
             raise ValueError(f"schedule must be mulan, scalar or linear, not {self.schedule!r}")
         if not self.gamma_min < self.gamma_max:
@@ -196,6 +206,13 @@ CONFIGS: dict[str, Config] = {
     "tiny-context": Config("tiny-context", _tiny_model(context=8), _TINY_TRAIN),
     "tiny-lv": Config("tiny-lv", _tiny_model(context=8, reverse_variance="learned", learned_ends=True),
                       dataclasses.replace(_TINY_TRAIN, loss_steps=10, loss_steps_mix=(5, 10))),
+    # A layout no shipped model uses (three levels with multipliers 1, 3, 2, two blocks per
+    # level, attention at the middle level, a full-resolution block, a context-reading
+    # schedule): its integer model must come from the float one with no new code.
+    "tiny-unusual": Config("tiny-unusual", _tiny_model(
+        mults=(1, 3, 2), blocks=2, attn_res=(8,), context=8, full_blocks=1, schedule_context=True,
+        reverse_variance="learned", learned_ends=True),
+        dataclasses.replace(_TINY_TRAIN, loss_steps=10, loss_steps_mix=(5, 10))),
     "tiny-linear": Config("tiny-linear", _tiny_model(schedule="linear", latent_channels=0), _TINY_TRAIN),
     # The issue's ablations at 32x32 and CPU scale, trained for equal steps (runs compared in the model issue's closing note).
     **{f"mini{suffix}": Config(f"mini{suffix}", ModelConfig(
@@ -241,7 +258,20 @@ CONFIGS: dict[str, Config] = {
         TrainConfig(batch_size=12, lr=5e-4, warmup_steps=100, ema_decay=0.998, log_every=25,
                     eval_every=250, eval_images=14, loss_steps=50, loss_steps_mix=(25, 50, 100)),
     ),
-    # The same on a GPU: a width-128 U-Net (see facts.md), batch 64 of 64x64 tiles.
+    # Photo candidates of the architecture comparison (issue 23), each warm-started from
+    # `photo` (train --init) and trained on photos + photos-more for the same CPU minutes:
+    # "photo-base": `photo-lv` itself (today's net) with this recipe's evaluation;
+    # "photo-full": plus residual blocks at the window's full resolution;
+    # "photo-adapt": that net with a schedule that also reads the context.
+    **{name: Config(name, ModelConfig(
+        tile=64, context=8, width=32, mults=(1, 2, 2), blocks=1, attn_res=(16,),
+        latent_channels=4, schedule_width=16, latent_width=16, reverse_variance="learned",
+        learned_ends=True, full_blocks=full, schedule_context=adapt),
+        TrainConfig(batch_size=12, lr=5e-4, warmup_steps=100, ema_decay=0.998, log_every=25,
+                    eval_every=250, eval_images=20, loss_steps=50, loss_steps_mix=(25, 50, 100)))
+       for name, full, adapt in [("photo-base", 0, False), ("photo-full", 3, False),
+                                 ("photo-adapt", 3, True)]},
+    # The same on a GPU: a width-128 U-Net, batch 64 of 64x64 tiles.
     "photo-gpu": Config(
         "photo-gpu",
         ModelConfig(tile=64, context=8, width=128, mults=(1, 2, 2), blocks=2, attn_res=(16,),
@@ -249,7 +279,7 @@ CONFIGS: dict[str, Config] = {
         TrainConfig(batch_size=64, lr=5e-4, warmup_steps=200, ema_decay=0.9995, log_every=100,
                     eval_every=1000, eval_images=14, checkpoint_minutes=2.0),
     ),
-    # GPU configs (downsampling U-Nets, cheap per step; see facts.md for measured throughput).
+    # GPU configs (downsampling U-Nets, cheap per step on a GPU).
     "base": Config(
         "base",
         ModelConfig(width=64, mults=(1, 2, 2), blocks=2, attn_res=(16,), latent_channels=4),

@@ -15,7 +15,7 @@ around the tile (zero where unknown) and their mask. Only the centre is output.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -110,7 +110,44 @@ class Attention(nn.Module):
         return h + self.out(a)
 
 
+class Flow(Protocol):
+    """What `unet_flow` walks: the U-Net's blocks, float or integer (or pairs of both)."""
+
+    down: Sequence[Any]
+    mid: Any
+    up: Sequence[Any]
+    up_joins: Sequence[bool]
+    full: Any
+
+
+def unet_flow(net: Flow, state: Any, step: Callable[[Any, Any], Any],
+              join: Callable[[Any, Any], Any]) -> Any:
+    """The U-Net's data flow, written once for the float net, its integer version
+    (`intunet`) and calibration: each down block's output is kept as a skip, the
+    middle runs, each up block that joins takes the last skip first (`join`), and the
+    full-resolution blocks end it. `step(block, state)` runs one block."""
+    skips = [state]
+    for blk in net.down:
+        state = step(blk, state)
+        skips.append(state)
+    state = step(net.mid, state)
+    for blk, joins in zip(net.up, net.up_joins):
+        if joins:
+            state = join(state, skips.pop())
+        state = step(blk, state)
+    return step(net.full, state)
+
+
+def run_block(blk: Sequence[nn.Module], h: Tensor, emb: Tensor) -> Tensor:
+    """A block's layers in turn; residual blocks also read the time embedding."""
+    for layer in blk:
+        h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+    return h
+
+
 class UNet(nn.Module):
+    """The layout of the network: the one definition its integer version is derived from."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -150,6 +187,10 @@ class UNet(nn.Module):
                 self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"),
                                               nn.Conv2d(cur, cur, 3, padding=1)]))
                 res *= 2
+        self.up_joins = tuple(isinstance(blk[0], ResBlock) for blk in self.up)
+        # blocks at the window's full resolution (zero-initialised residuals: a net warm-started
+        # from one without them starts out computing what that one did)
+        self.full = nn.ModuleList([ResBlock(cur, cur, temb, cfg.dropout) for _ in range(cfg.full_blocks)])
         self.norm_out = nn.GroupNorm(_groups(cur), cur)
         # eps-hat, and for a learned-variance model the logit of mse-hat (`MuLAN.denoise`)
         self.conv_out = nn.Conv2d(cur, C * (2 if cfg.learned_variance else 1), 3, padding=1)
@@ -181,17 +222,7 @@ class UNet(nn.Module):
         m = cfg.context
         h = self.conv_in(self.inputs(z, gamma_norm, c, ctx))
         emb = self.temb(timestep_embedding(gamma_norm.mean(dim=(1, 2, 3)), cfg.width))
-        skips = [h]
-        for blk in self.down:
-            for layer in blk:
-                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
-            skips.append(h)
-        for layer in self.mid:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
-        for blk in self.up:
-            if isinstance(blk[0], ResBlock):
-                h = torch.cat([h, skips.pop()], dim=1)
-            for layer in blk:
-                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        h = unet_flow(self, h, lambda blk, h: run_block(blk, h, emb),
+                      lambda a, b: torch.cat([a, b], dim=1))
         out = self.conv_out(F.silu(self.norm_out(h)))
         return out[:, :, m:out.shape[2] - m, m:out.shape[3] - m] if m else out

@@ -68,10 +68,12 @@ class IntegerMuLAN(nn.Module):
         f = self.cfg.latent_factor
         return self.cfg.latent_channels, height // f, width // f
 
-    def schedule(self, c: Tensor | None, like: Tensor) -> Schedule:
-        """The schedule (float64, on like's device) for latents c."""
+    def schedule(self, c: Tensor | None, like: Tensor, ctx: Tensor | None = None) -> Schedule:
+        """The schedule (float64, on like's device) for latents c (and the context ctx)."""
+        dev = self.device
         with exact_kernels():
-            return self.schedule_net(c.to(self.device) if c is not None else None, like.device)
+            return self.schedule_net(None if c is None else c.to(dev), like.device,
+                                     None if ctx is None else ctx.to(dev))
 
     def gamma_norm(self, gamma: Tensor) -> Tensor:
         g = gamma.double()

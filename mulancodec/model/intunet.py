@@ -11,7 +11,8 @@ convolution's exact sums, scaled to reals in float64.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,8 @@ from torch import Tensor, nn
 
 from . import exactmath as em
 from .configs import ModelConfig
-from .denoiser import CONTEXT_CHANNELS, UNet, _groups, timestep_embedding, with_context
+from .denoiser import (CONTEXT_CHANNELS, Attention, ResBlock, UNet, _groups, timestep_embedding,
+                       unet_flow, with_context)
 from .intblocks import QAttention, QResBlock, QStage
 from .intops import (LIMB, LIMB_MAX, Derived, QConv, QNorm, WideLinear, host, limb_max, split_limbs,
                      tensor_like)
@@ -56,57 +58,79 @@ def sinusoid(t: Tensor, dim: int) -> Tensor:
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
-def _pairs(qblk: nn.ModuleList, blk: nn.ModuleList) -> Iterator[tuple[nn.Module, nn.Module]]:
-    """(integer layer, float layer) of a block; an upsampling block is one QStage."""
-    if isinstance(blk[0], nn.Upsample):
-        yield qblk[0], blk[1]
-    else:
-        yield from zip(qblk, blk)
+def exact_block(blk: nn.ModuleList, parts: tuple[int, ...], temb: int, zero_point: bool) -> nn.ModuleList:
+    """A float block's exact counterpart, layer for layer: residual blocks, attention, and
+    the down- and upsampling convolutions (an upsampling block, nearest 2x then a 3x3
+    convolution, becomes one QStage). `parts`: the channel counts the block's input is
+    joined from (a skip's join gives two)."""
+    L, layers = RESIDUAL_LIMBS, list(blk)
+    if layers and isinstance(layers[0], nn.Upsample) and len(layers) == 2 and isinstance(layers[1], nn.Conv2d):
+        c = layers[1]
+        return nn.ModuleList([QStage(c.in_channels, c.out_channels, 1, L, upsample=True)])
+    out: list[nn.Module] = []
+    for layer in layers:
+        if isinstance(layer, ResBlock):
+            cin, cout = layer.conv1.in_channels, layer.conv1.out_channels
+            out.append(QResBlock(cin, cout, temb, L, parts if len(parts) > 1 else (), zero_point))
+            parts = (cout,)
+        elif isinstance(layer, Attention):
+            out.append(QAttention(layer.qkv.in_channels, L))
+        elif isinstance(layer, nn.Conv2d) and layer.stride == (2, 2) and layer.kernel_size == (3, 3):
+            out.append(QStage(layer.in_channels, layer.out_channels, 2, L))
+            parts = (layer.out_channels,)
+        else:
+            raise ValueError(f"no exact counterpart for {type(layer).__name__} in the U-Net")
+    return nn.ModuleList(out)
+
+
+def _float_layers(blk: nn.ModuleList) -> list[nn.Module]:
+    """A float block's layers as its exact counterpart has them (upsampling is in QStage)."""
+    return [layer for layer in blk if not isinstance(layer, nn.Upsample)]
+
+
+def _channels(blk: nn.ModuleList, parts: tuple[int, ...]) -> tuple[int, ...]:
+    """A float block's output channels, given its input's parts."""
+    for layer in blk:
+        if isinstance(layer, ResBlock):
+            parts = (layer.conv1.out_channels,)
+        elif isinstance(layer, nn.Conv2d):
+            parts = (layer.out_channels,)
+    return parts
 
 
 class QUNet(Derived):
-    """The U-Net; `zero_point`: SiLU grids with zero points (integer scheme 2)."""
+    """The U-Net's integer version, derived from the float `UNet` of the same config: its
+    layout (`UNet.__init__`) and data flow (`unet_flow`) are the float net's; each layer
+    is swapped for its exact counterpart (`exact_block`). `zero_point`: SiLU grids with
+    zero points (integer scheme 2)."""
 
     def __init__(self, cfg: ModelConfig, zero_point: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        C, ch, L, zp = cfg.channels, cfg.width, RESIDUAL_LIMBS, zero_point
-        temb = 4 * ch
+        with torch.device("meta"):  # the layout only: no weights are made
+            layout = UNet(cfg)
+        temb = layout.temb[2].out_features
         scales, source = self.input_grid()
         self.register_buffer("in_scale", scales, persistent=False)
-        self.conv_in = QStage(len(scales), ch, 1, L, [(len(scales), 1)], wlimbs=2, source=source)
-        self.temb0, self.temb2 = WideLinear(ch, temb), WideLinear(temb, temb)
-        res, chans, cur = cfg.tile, [ch], ch
-        self.down = nn.ModuleList()
-        for level, m in enumerate(cfg.mults):
-            for _ in range(cfg.blocks):
-                blk: list[nn.Module] = [QResBlock(cur, ch * m, temb, L, zero_point=zp)]
-                cur = ch * m
-                if res in cfg.attn_res:
-                    blk.append(QAttention(cur, L))
-                self.down.append(nn.ModuleList(blk))
-                chans.append(cur)
-            if level < len(cfg.mults) - 1:
-                self.down.append(nn.ModuleList([QStage(cur, cur, 2, L)]))
-                chans.append(cur)
-                res //= 2
-        self.mid = nn.ModuleList([QResBlock(cur, cur, temb, L, zero_point=zp), QAttention(cur, L),
-                                  QResBlock(cur, cur, temb, L, zero_point=zp)])
-        self.up = nn.ModuleList()
-        for level, m in reversed(list(enumerate(cfg.mults))):
-            for _ in range(cfg.blocks + 1):
-                skip = chans.pop()
-                blk = [QResBlock(cur + skip, ch * m, temb, L, (cur, skip), zp)]
-                cur = ch * m
-                if res in cfg.attn_res:
-                    blk.append(QAttention(cur, L))
-                self.up.append(nn.ModuleList(blk))
-            if level > 0:
-                self.up.append(nn.ModuleList([QStage(cur, cur, 1, L, upsample=True)]))
-                res *= 2
+        self.conv_in = QStage(len(scales), cfg.width, 1, RESIDUAL_LIMBS, [(len(scales), 1)], wlimbs=2,
+                              source=source)
+        self.temb0 = WideLinear(layout.temb[0].in_features, layout.temb[0].out_features)
+        self.temb2 = WideLinear(layout.temb[2].in_features, temb)
+        made: dict[int, nn.ModuleList] = {}
+
+        def convert(blk: nn.ModuleList, parts: tuple[int, ...]) -> tuple[int, ...]:
+            made[id(blk)] = exact_block(blk, parts, temb, zero_point)
+            return _channels(blk, parts)
+
+        unet_flow(layout, (cfg.width,), convert, lambda a, b: a + b)
+        self.down = nn.ModuleList(made[id(b)] for b in layout.down)
+        self.mid, self.full = made[id(layout.mid)], made[id(layout.full)]
+        self.up = nn.ModuleList(made[id(b)] for b in layout.up)
+        self.up_joins = layout.up_joins
+        cur = layout.norm_out.num_channels
         self.register_buffer("h_scale", torch.ones(cur, dtype=torch.float64))
-        self.norm_out = QNorm(cur, _groups(cur), act=True, zero_point=zp)
-        self.conv_out = QConv(cur, C * (2 if cfg.learned_variance else 1), 3, 1, 1, zero_point=zp)
+        self.norm_out = QNorm(cur, _groups(cur), act=True, zero_point=zero_point)
+        self.conv_out = QConv(cur, layout.conv_out.out_channels, 3, 1, 1, zero_point=zero_point)
         for i in range(len(cfg.fourier_powers)):
             self.register_buffer(f"fsin{i}", torch.zeros(0), persistent=False)
             self.register_buffer(f"fcos{i}", torch.zeros(0), persistent=False)
@@ -169,37 +193,19 @@ class QUNet(Derived):
                 [torch.round(k[:, :-1] * (1.0 / PIXEL_SCALE)), k[:, -1:]], dim=1))
         return h, t
 
-    def _walk(self, state: Any, step: Callable[[nn.Module, nn.Module | None, Any], Any],
-              join: Callable[[Any, Any], Any], unet: UNet | None = None) -> Any:
-        """Run `step(layer, float_layer, state)` through the blocks (with `unet`'s matching
-        layers, or None), joining the U-Net's skips into the state with `join`."""
-        def run(qblk: nn.ModuleList, blk: nn.ModuleList | None, state: Any) -> Any:
-            pairs = _pairs(qblk, blk) if blk is not None else ((q, None) for q in qblk)
-            for layer, float_layer in pairs:
-                state = step(layer, float_layer, state)
-            return state
-
-        def float_blocks(name: str) -> list[Any]:
-            return list(getattr(unet, name)) if unet is not None else [None] * len(getattr(self, name))
-
-        skips = [state]
-        for qblk, blk in zip(self.down, float_blocks("down")):
-            state = run(qblk, blk, state)
-            skips.append(state)
-        state = run(self.mid, unet.mid if unet is not None else None, state)
-        for qblk, blk in zip(self.up, float_blocks("up")):
-            if isinstance(qblk[0], QResBlock):
-                state = join(state, skips.pop())
-            state = run(qblk, blk, state)
-        return state
+    @staticmethod
+    def _run(blk: nn.ModuleList, q: Tensor, emb: Tensor) -> Tensor:
+        for layer in blk:
+            q = layer(q, emb)
+        return q
 
     def forward(self, z: Tensor, gamma_norm: Tensor, c: Tensor | None,
                 ctx: Tensor | None = None) -> Tensor:
         """`UNet.forward`'s output as exact reals (float64)."""
         x, t = self.inputs(z, gamma_norm, c, ctx)
         emb = em.silu(self.temb2(em.silu(self.temb0(sinusoid(t, self.cfg.width)))))
-        h = self._walk(self.conv_in(x), lambda layer, _, q: layer(q, emb),
-                       lambda a, b: torch.cat([a, b], dim=1))
+        h = unet_flow(self, self.conv_in(x), lambda blk, q: self._run(blk, q, emb),
+                      lambda a, b: torch.cat([a, b], dim=1))
         out = self.conv_out.real(self.conv_out(self.norm_out(h, self._h_scale(), own=True)))
         m = self.cfg.context
         return out[:, :, m:out.shape[2] - m, m:out.shape[3] - m] if m else out
@@ -214,8 +220,17 @@ class QUNet(Derived):
         self.temb0.quantize(unet.temb[0])
         self.temb2.quantize(unet.temb[2])
         state = self.conv_in.calibrate(unet.conv_in, x, self.in_scale)
-        h, scale = self._walk(state, lambda layer, fl, st: layer.calibrate(fl, st[0], st[1], emb),
-                              lambda a, b: (torch.cat([a[0], b[0]], 1), torch.cat([a[1], b[1]])), unet)
+
+        def step(pair: tuple[nn.ModuleList, nn.ModuleList], st: tuple[Tensor, Tensor]) -> Any:
+            for layer, float_layer in zip(pair[0], _float_layers(pair[1])):
+                st = layer.calibrate(float_layer, st[0], st[1], emb)
+            return st
+
+        pairs = SimpleNamespace(down=list(zip(self.down, unet.down)), mid=(self.mid, unet.mid),
+                                up=list(zip(self.up, unet.up)), up_joins=self.up_joins,
+                                full=(self.full, unet.full))
+        h, scale = unet_flow(pairs, state, step,
+                             lambda a, b: (torch.cat([a[0], b[0]], 1), torch.cat([a[1], b[1]])))
         self.h_scale.copy_(scale)
         self.norm_out.calibrate(unet.norm_out, h)
         self.conv_out.quantize(unet.conv_out, self.norm_out.out_scale, in_zero=self.norm_out.out_zero)

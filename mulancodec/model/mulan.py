@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -138,9 +140,9 @@ def discretized_gaussian_nll(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 @dataclass
 class Terms:
-    """Per-image loss terms in bits per dimension."""
+    """Per-image -ELBO terms in bits per dimension."""
 
-    diffusion: Tensor  # continuous-time (or discrete-time if steps were given)
+    diffusion: Tensor  # continuous-time, or discrete-time at T steps
     recon: Tensor
     prior: Tensor
     latent: Tensor
@@ -148,6 +150,154 @@ class Terms:
     @property
     def total(self) -> Tensor:
         return self.diffusion + self.recon + self.prior + self.latent
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """What an -ELBO is computed in: besides its draws, all that differs between the
+    training loss and a codec's cost, so it is passed to `elbo`, never read off a class.
+
+    `LOSS`: float32 with torch's functions, so gradients flow. `Arithmetic.coder(model)`:
+    what the codec builds the chain with (`coding.bitsback.TileBatch`): float64, the
+    model's own elementary functions (`exactmath.EXACT` for an integer model), and the
+    denoiser given each gamma per subpixel.
+    """
+
+    dtype: torch.dtype = torch.float32
+    fns: Elementary = TORCH
+    gamma_per_subpixel: bool = False
+
+    @classmethod
+    def coder(cls, model: "ElboModel") -> "Arithmetic":
+        return cls(torch.float64, model.elementary, True)
+
+    def schedule(self, sched: Schedule) -> Schedule:
+        return sched.double() if self.dtype == torch.float64 else sched
+
+    def gamma(self, g: Tensor, like: Tensor) -> Tensor:
+        return g.expand_as(like) if self.gamma_per_subpixel else g
+
+
+LOSS = Arithmetic()
+
+
+class ElboModel(Protocol):
+    """What `elbo` asks of a model: the codec's interface (`MuLAN`, `IntegerMuLAN`)."""
+
+    elementary: Elementary
+
+    def eval(self) -> "ElboModel": ...
+
+    def latent_posterior(self, x_unit: Tensor) -> tuple[Tensor, Tensor] | None: ...
+
+    def schedule(self, c: Tensor | None, like: Tensor, ctx: Tensor | None = None) -> Schedule: ...
+
+    def denoise(self, z: Tensor, gamma: Tensor, c: Tensor | None,
+                ctx: Tensor | None = None) -> tuple[Tensor, Tensor | None]: ...
+
+
+# The diffusion loss per subpixel (nats) at time t, given s (the discrete step s -> t, or
+# None for the continuous-time integrand) and the noise eps of z_t.
+StepLoss = Callable[[Tensor, Tensor | None, Tensor], Tensor]
+
+
+class Draws(Protocol):
+    """The random numbers of one -ELBO estimate, asked for in the order `elbo` assembles
+    the terms, and how the diffusion term's times are drawn and its steps combined."""
+
+    def latent(self, shape: tuple[int, ...]) -> Tensor:
+        """Standard normal noise of c ~ q(c | x)."""
+        ...
+
+    def z0(self, shape: tuple[int, ...]) -> Tensor:
+        """Standard normal noise of z_0 ~ q(z_0 | x)."""
+        ...
+
+    def diffusion(self, step: StepLoss, shape: tuple[int, ...]) -> Tensor:
+        """The diffusion term per image (nats) from `step` at the times drawn."""
+        ...
+
+
+class AntitheticDraws:
+    """VDM's estimator (the training loss): one time per image, antithetically spaced
+    (or given), continuous or rounded up to one of `steps` steps, all from `generator`."""
+
+    def __init__(self, generator: torch.Generator | None, device: torch.device, steps: int = 0,
+                 t: Tensor | None = None) -> None:
+        self.generator, self.device, self.steps, self.t = generator, device, steps, t
+
+    def latent(self, shape: tuple[int, ...]) -> Tensor:
+        return torch.randn(shape, device=self.device, generator=self.generator)
+
+    z0 = latent
+
+    def diffusion(self, step: StepLoss, shape: tuple[int, ...]) -> Tensor:
+        t, B, T = self.t, shape[0], self.steps
+        if t is None:
+            u = torch.rand((), device=self.device, generator=self.generator)
+            t = torch.remainder(u + torch.arange(B, device=self.device) / B, 1.0)
+        s = None
+        if T:
+            i = torch.clamp(torch.ceil(t * T), min=1).float()
+            t, s = i / T, (i - 1) / T
+        per_dim = step(t, s, self.latent(shape))
+        if T:  # T times one uniformly chosen step's KL: unbiased for the sum over steps
+            per_dim = T * per_dim
+        return per_dim.flatten(1).sum(1)
+
+
+def elbo(model: ElboModel, x: Tensor, draws: Draws, ctx: Tensor | None = None,
+         arith: Arithmetic = LOSS) -> Terms:
+    """Unbiased estimates of the -ELBO terms per image, in bpd: the one assembly behind the
+    training loss, the float eval and a codec's cost (`quantcost`), in VDM's order
+    (google-research/vdm's model_vdm.py) after MuLAN's auxiliary latent.
+
+    x: (B, C, H, W) with values 0..255; ctx: a context model's context input
+    (`context_channels`), or None. The Gaussians are this module's, which the codec codes
+    with; `draws` and `arith` are all that differs between the callers.
+    """
+    xu = to_unit(x)
+    # 0. the auxiliary latent: c ~ q(c | x), and KL(q(c | x) || N(0, 1)) exactly
+    c, latent = _latent(model, xu, draws, arith.dtype)
+    sched = arith.schedule(model.schedule(c, xu, ctx))
+    xu, fns = xu.to(arith.dtype), arith.fns
+    g0, g1 = sched.gamma(0.0), sched.gamma(1.0)
+    # 1. reconstruction: -log p(x | z_0), z_0 ~ q(z_0 | x)
+    m0, s0 = data_posterior(xu, g0, fns)
+    z0 = m0 + s0 * draws.z0(tuple(xu.shape))
+    recon = discretized_gaussian_nll(x, *decoder_params(z0, g0, fns)).to(arith.dtype)
+    # 2. prior: KL(q(z_1 | x) || N(0, 1))
+    a1, s1 = alpha_sigma(g1, fns)
+    prior = std_normal_kl(a1 * xu, s1.expand_as(xu))
+    # 3. diffusion: the sum over steps (or integral over t) of the reverse steps' KLs
+    diffusion = draws.diffusion(partial(_step_loss, model, xu, sched, c, ctx, arith), tuple(xu.shape))
+    k = 1.0 / (x[0].numel() * LN2)
+    return Terms(diffusion * k, recon.flatten(1).sum(1) * k, prior.flatten(1).sum(1) * k, latent * k)
+
+
+def _latent(model: ElboModel, xu: Tensor, draws: Draws,
+            dtype: torch.dtype) -> tuple[Tensor | None, Tensor]:
+    """c ~ q(c | x) (reparameterised, float32 for the networks) and its KL per image."""
+    post = model.latent_posterior(xu)
+    if post is None:
+        return None, torch.zeros(xu.shape[0], dtype=dtype, device=xu.device)
+    cm, cs = (v.to(dtype) for v in post)
+    c = (cm + cs * draws.latent(tuple(cm.shape))).float()
+    return c, std_normal_kl(cm, cs).flatten(1).sum(1)
+
+
+def _step_loss(model: ElboModel, xu: Tensor, sched: Schedule, c: Tensor | None, ctx: Tensor | None,
+               arith: Arithmetic, t: Tensor, s: Tensor | None, eps: Tensor) -> Tensor:
+    """The diffusion loss per subpixel (nats) at z_t = alpha_t x + sigma_t eps: the
+    continuous-time integrand (s None), or the step's KL(q(z_s | z_t, x) || p(z_s | z_t))."""
+    g_t = arith.gamma(sched.gamma(t), xu)
+    a_t, s_t = alpha_sigma(g_t, arith.fns)
+    eps_hat, mse_hat = model.denoise((a_t * xu + s_t * eps).float(), g_t.float(), c, ctx)
+    eps_hat = eps_hat.to(arith.dtype)
+    if s is None:
+        return 0.5 * sched.dgamma(t) * (eps - eps_hat) ** 2
+    mse_hat = None if mse_hat is None else mse_hat.to(arith.dtype)
+    return reverse_step_kl(arith.gamma(sched.gamma(s), xu), g_t, eps, eps_hat, mse_hat)
 
 
 class MuLAN(nn.Module):
@@ -170,8 +320,9 @@ class MuLAN(nn.Module):
         f = self.cfg.latent_factor
         return self.cfg.latent_channels, height // f, width // f
 
-    def schedule(self, c: Tensor | None, like: Tensor) -> Schedule:
-        return self.schedule_net(c, like)
+    def schedule(self, c: Tensor | None, like: Tensor, ctx: Tensor | None = None) -> Schedule:
+        """The per-subpixel schedule, from the latent c and (`schedule_context`) the context."""
+        return self.schedule_net(c, like, ctx)
 
     def gamma_norm(self, gamma: Tensor) -> Tensor:
         return (gamma - self.cfg.gamma_min) / (self.cfg.gamma_max - self.cfg.gamma_min)
@@ -197,64 +348,14 @@ class MuLAN(nn.Module):
     # -- the loss --------------------------------------------------------------------
     def terms(self, x: Tensor, steps: int = 0, generator: torch.Generator | None = None,
               t: Tensor | None = None, ctx: Tensor | None = None) -> Terms:
-        """Unbiased single-sample estimates of the -ELBO terms, per image, in bpd.
+        """Unbiased single-sample estimates of the -ELBO terms (`elbo`), per image, in bpd.
 
         x: (B, C, H, W) with values 0..255. steps = 0 gives the continuous-time
         diffusion loss; steps = T the exact discrete-time loss at T steps.
         t is sampled with antithetic (low-discrepancy) spacing unless given.
         ctx: the context input of a context model (`context_channels`), or None.
         """
-        B = x.shape[0]
-        dims = x[0].numel()
-        dev = x.device
-        xu = to_unit(x)
-
-        def randn(shape: tuple[int, ...]) -> Tensor:
-            return torch.randn(shape, device=dev, generator=generator)
-
-        # auxiliary latent: reparameterised sample and exact KL
-        post = self.latent_posterior(xu)
-        if post is None:
-            c, latent_kl = None, x.new_zeros(B, dtype=torch.float32)
-        else:
-            cm, cs = post
-            c = cm + cs * randn(tuple(cm.shape))
-            latent_kl = std_normal_kl(cm, cs).flatten(1).sum(1)
-
-        sched = self.schedule(c, xu)
-        g0, g1 = sched.gamma(0.0), sched.gamma(1.0)
-
-        # reconstruction: -log p(x | z_0), z_0 ~ q(z_0 | x)
-        m0, s0 = data_posterior(xu, g0)
-        z0 = m0 + s0 * randn(tuple(xu.shape))
-        dm, ds = decoder_params(z0, g0)
-        recon = discretized_gaussian_nll(x, dm, ds).flatten(1).sum(1)
-
-        # prior: KL(q(z_1 | x) || N(0, 1))
-        a1, s1 = alpha_sigma(g1)
-        prior = std_normal_kl(a1 * xu, s1.expand_as(xu)).flatten(1).sum(1)
-
-        # diffusion
-        if t is None:
-            u = torch.rand((), device=dev, generator=generator)
-            t = torch.remainder(u + torch.arange(B, device=dev) / B, 1.0)
-        if steps:
-            i = torch.clamp(torch.ceil(t * steps), min=1).float()
-            t = i / steps
-            s = (i - 1) / steps
-        g_t = sched.gamma(t)
-        a_t, s_t = alpha_sigma(g_t)
-        eps = randn(tuple(xu.shape))
-        z_t = a_t * xu + s_t * eps
-        eps_hat, mse_hat = self.denoise(z_t, g_t, c, ctx)
-        if steps:  # T times one uniformly chosen step's KL: unbiased for the sum over steps
-            per_dim = steps * reverse_step_kl(sched.gamma(s), g_t, eps, eps_hat, mse_hat)
-        else:
-            per_dim = 0.5 * sched.dgamma(t) * (eps - eps_hat) ** 2
-        diffusion = per_dim.flatten(1).sum(1)
-
-        k = 1.0 / (dims * LN2)
-        return Terms(diffusion * k, recon * k, prior * k, latent_kl * k)
+        return elbo(self, x, AntitheticDraws(generator, x.device, steps, t), ctx)
 
     def forward(self, x: Tensor, steps: int = 0, generator: torch.Generator | None = None,
                 ctx: Tensor | None = None) -> Terms:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .configs import ModelConfig
@@ -54,6 +55,39 @@ class Schedule:
         return (self.g1 - self.g0) * (poly * poly + self.eps) / self.f1
 
 
+CONTEXT_FEATURES = 6  # known fraction, local roughness, mean known pixel (3), tile roughness
+CONTEXT_OUT = 4  # maps the context branch adds to the schedule net's input
+ROUGH_CLIP = 32.0  # grey levels: differences above this count as this
+
+
+def context_features(ctx: Tensor, factor: int) -> Tensor:
+    """What the decoder's context says about how busy each region is, per latent cell.
+
+    ctx: the window's context channels (B, 4, W, W) (`mulan.context_channels`): pixels
+    in [-1, 1] where known, and the known mask. Per f x f cell of the window: the known
+    fraction, the mean clipped |gradient| between known neighbours (grey levels / 32),
+    and the mean known pixel; and over the whole window, the mean roughness, broadcast.
+    Every value is a sum of small integers divided by a count, so it is the same on
+    every machine (the integer codec computes it in float32 too).
+    """
+    k = ctx[:, 3:4]
+    grey = torch.round((ctx[:, :3] + 1.0) * 128.0 - 0.5) * k  # 0..255 where known
+    kx = k[..., 1:] * k[..., :-1]
+    ky = k[..., 1:, :] * k[..., :-1, :]
+    dx = torch.clamp((grey[..., 1:] - grey[..., :-1]).abs().sum(1, keepdim=True), max=3 * ROUGH_CLIP) * kx
+    dy = torch.clamp((grey[..., 1:, :] - grey[..., :-1, :]).abs().sum(1, keepdim=True),
+                     max=3 * ROUGH_CLIP) * ky
+    rough = F.pad(dx, (0, 1)) + F.pad(dy, (0, 0, 0, 1))  # sums over 3 channels, two directions
+    pairs = F.pad(kx, (0, 1)) + F.pad(ky, (0, 0, 0, 1))
+    area = float(factor * factor)
+    cell = lambda v: F.avg_pool2d(v, factor) * area  # exact sums of small integers
+    n_pairs = cell(pairs)
+    local = cell(rough) / torch.clamp(n_pairs, min=1.0) / (3 * ROUGH_CLIP)
+    total = rough.sum(dim=(2, 3), keepdim=True) / torch.clamp(pairs.sum(dim=(2, 3), keepdim=True), min=1.0)
+    tile_rough = (total / (3 * ROUGH_CLIP)).expand_as(local)
+    return torch.cat([cell(k) / area, local, cell(ctx[:, :3] * k) / area, tile_rough], dim=1)
+
+
 class ScheduleNet(nn.Module):
     """Maps the latent c (or nothing) to the schedule's coefficient maps."""
 
@@ -72,12 +106,24 @@ class ScheduleNet(nn.Module):
                                      nn.Unflatten(1, (3 * C, cfg.tile, cfg.tile)))
         elif self.conditional:
             S = cfg.schedule_width
-            layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, S, 3, padding=1), nn.SiLU()]
+            n_in = cfg.latent_channels + (CONTEXT_OUT if cfg.schedule_context else 0)
+            layers: list[nn.Module] = [nn.Conv2d(n_in, S, 3, padding=1), nn.SiLU()]
             for _ in range(int(math.log2(cfg.latent_factor))):
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"),
                            nn.Conv2d(S, S, 3, padding=1), nn.SiLU()]
             head = nn.Conv2d(S, 3 * C, 1)
             self.net = nn.Sequential(*layers, head)
+            if cfg.schedule_context:
+                with torch.no_grad():
+                    self.net[0].weight[:, cfg.latent_channels:] = 0.0
+        self.context_net = None
+        if cfg.schedule_context:
+            # the context's features -> CONTEXT_OUT maps per latent cell, which join c as the
+            # first convolution's inputs (their weights start at zero: no change at first)
+            S = cfg.schedule_width
+            self.context_net = nn.Sequential(nn.Conv2d(CONTEXT_FEATURES, S, 3, padding=1), nn.SiLU(),
+                                             nn.Conv2d(S, S, 3, padding=1), nn.SiLU(),
+                                             nn.Conv2d(S, CONTEXT_OUT, 1))
         if self.conditional:
             nn.init.normal_(head.weight, std=1e-3)
             with torch.no_grad():  # start from the linear schedule: a = b = 0, d = 1
@@ -99,12 +145,30 @@ class ScheduleNet(nn.Module):
         g0 = self.ends[0]
         return g0, g0 + torch.exp(self.ends[1])
 
-    def forward(self, c: Tensor | None, like: Tensor) -> Schedule:
-        """The schedule for a batch shaped like `like` (B, C, H, W)."""
+    def context_maps(self, ctx: Tensor | None, cells: tuple[int, int]) -> Tensor:
+        """The context branch's CONTEXT_OUT maps over the tile's latent cells (H/f, W/f)."""
+        assert self.context_net is not None
+        f, m = self.cfg.latent_factor, self.cfg.context // self.cfg.latent_factor
+        if ctx is None:  # no pixel around the tile: the context as the codec gives it then
+            H, W = ((n + 2 * m) * f for n in cells)
+            ctx = torch.zeros(1, 4, H, W, device=self.net[0].weight.device)
+        out = self.context_net(context_features(ctx.float(), f))
+        return out[:, :, m:out.shape[2] - m, m:out.shape[3] - m]
+
+    def coefficients(self, c: Tensor, ctx: Tensor | None) -> Tensor:
+        """The conditional schedule's coefficient maps (a, b, d stacked) from c and the context."""
+        if self.context_net is None:
+            return self.net(c)
+        extra = self.context_maps(ctx, tuple(c.shape[2:])).expand(c.shape[0], -1, -1, -1)
+        return self.net(torch.cat([c, extra.to(c.dtype)], dim=1))
+
+    def forward(self, c: Tensor | None, like: Tensor, ctx: Tensor | None = None) -> Schedule:
+        """The schedule for a batch shaped like `like` (B, C, H, W); ctx is a context
+        model's context input, which a `schedule_context` schedule reads."""
         cfg = self.cfg
         if self.conditional:
             assert c is not None
-            a, b, d = self.net(c).float().chunk(3, dim=1)
+            a, b, d = self.coefficients(c, ctx).float().chunk(3, dim=1)
         elif self.kind == "linear":
             z = like.new_zeros(1, 1, 1, 1, dtype=torch.float32)
             a, b, d = z, z, z + 1

@@ -19,15 +19,14 @@ from PIL import Image
 from . import image as img
 from .coding import codecs as _codecs
 from .coding import container as fmt
-from .coding.bitsback import ChainSpec
+from .coding.chainspec import DEFAULT_STEPS  # noqa: F401 (api.DEFAULT_STEPS: T's default lives there)
+from .coding.chainspec import ANY_MACHINE, ChainSpec, Machine, chain_steps
 from .coding.codecs import CodingError
 from .coding import exact
 from .jxl import JxlUnavailable
 from .metadata import Metadata, MetadataError
 from .coding.stream import Encoded, TileContext, decode_tiles, encode_tiles
 from .weights import ENV_MODEL, LoadedModel, ModelFileError, find_shipped, load_model, shipped_models
-
-DEFAULT_STEPS = 100
 
 
 class DecodeError(Exception):
@@ -90,11 +89,25 @@ def env_tag(device: torch.device) -> int:
     return zlib.crc32(f"torch {torch.__version__}|{device.type}|{kind}".encode())
 
 
-def default_steps(lm: LoadedModel) -> int:
-    try:
-        return int(lm.meta.get("default_steps", DEFAULT_STEPS))
-    except ValueError:
-        return DEFAULT_STEPS
+def default_steps(lm: LoadedModel, steps: int | None = None) -> int:
+    """T for coding or evaluating with `lm`: `steps` when given, else the model's own
+    default (`chainspec.chain_steps`, the one place T is decided)."""
+    return chain_steps(lm.meta, steps)
+
+
+def encoder_chain(lm: LoadedModel, device: torch.device, threads: int, steps: int | None = None,
+                  base: ChainSpec | None = None) -> ChainSpec:
+    """The chain a file is coded with and its header stores: T (`base`'s, else `default_steps`),
+    `base`'s grids as the header stores them, the model's id and format version, and for a
+    float model the machine its files then decode on."""
+    T = default_steps(lm, base.steps if base is not None else steps)
+    if not 1 <= T <= fmt.MAX_STEPS:
+        raise EncodeError(f"steps must be between 1 and {fmt.MAX_STEPS}")
+    machine = (ANY_MACHINE if exact.is_exact(lm.model)
+               else Machine(backend=device.type, threads=threads, env_tag=env_tag(device)))
+    spec = dataclasses.replace(base or ChainSpec(steps=T), steps=T, model_id=lm.model_id,
+                               version=exact.file_version(lm.model), machine=machine)
+    return _as_stored(spec)
 
 
 # -- encoding ---------------------------------------------------------------------------
@@ -196,19 +209,14 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
         raise EncodeError(str(e)) from None
     dev = pick_device(device)
     lm = get_model(model, dev)
-    T = _spec.steps if _spec is not None else steps if steps is not None else default_steps(lm)
-    if not 1 <= T <= fmt.MAX_STEPS:
-        raise EncodeError(f"steps must be between 1 and {fmt.MAX_STEPS}")
-    spec = _as_stored(_spec or ChainSpec(steps=T))
+    threads = threads or min(torch.get_num_threads(), fmt.MAX_THREADS)
+    spec = encoder_chain(lm, dev, threads, steps, _spec)
     tile = lm.config.tile
     recs = [_record(p) for p in pics]
     for rec, name in zip(recs, names or []):
         rec.name = name
     jobs = _tiles(pics, recs, tile)
-    threads = threads or min(torch.get_num_threads(), fmt.MAX_THREADS)
-    header = fmt.Header(lm.model_id, dev.type, False, threads, env_tag(dev), T, spec.kappa,
-                        spec.window, spec.latent_delta, tile, recs, checksum=_stream_checksum(pics),
-                        version=exact.file_version(lm.model))
+    header = fmt.Header(spec, tile, recs, checksum=_stream_checksum(pics))
     enc = Encoded(np.zeros(0, np.uint32), [], 0, 0, 0)
     if jobs:
         mb = max_batch or (256 if dev.type == "cuda" else 16)
@@ -339,14 +347,15 @@ def check_work(h: fmt.Header, max_work: int | None = None) -> None:
     limit = fmt.DEFAULT_MAX_WORK if max_work is None else max_work
     if limit < 0:
         raise ValueError("max_work must be 0 (no limit) or positive")
-    if max_work is None and h.steps > fmt.DEFAULT_MAX_STEPS:  # even one tile at such T takes long
-        raise DecodeError(f"this file asks for T = {h.steps:,} steps, over the default limit of "
+    T = h.chain.steps
+    if max_work is None and T > fmt.DEFAULT_MAX_STEPS:  # even one tile at such T takes long
+        raise DecodeError(f"this file asks for T = {T:,} steps, over the default limit of "
                           f"{fmt.DEFAULT_MAX_STEPS:,}; pass max_work= / --max-work (0 = no limit) "
                           "if you trust the file")
     work = fmt.declared_work(h)
     if limit and work > limit:
         tiles = sum(fmt.tiles_in(r, h.tile) for r in h.images)
-        raise DecodeError(f"decoding this file takes {work:,} tile-steps ({tiles:,} tiles x {h.steps:,} "
+        raise DecodeError(f"decoding this file takes {work:,} tile-steps ({tiles:,} tiles x {T:,} "
                           f"steps), over the work limit of {limit:,}; raise it with max_work= / "
                           "--max-work (0 = no limit) if you trust the file")
 
@@ -355,32 +364,37 @@ def _decoder_model(h: fmt.Header, model: "str | os.PathLike | LoadedModel | None
                    device: "str | torch.device | None", threads: int | None) -> tuple[LoadedModel, torch.device]:
     """The model and device a file's coded tiles decode with; refuses cheaply, before any
     per-tile allocation, what cannot decode here."""
-    if h.version >= 3:  # an integer model's file: any device, any thread count
+    chain = h.chain
+    if chain.exact:  # an integer model's file: any device, any thread count
         check_threads(threads)
         dev = pick_device(device)
-        lm = model_for_file(model, h.model_id, dev)
-        if not exact.is_exact(lm.model):
-            raise DecodeError("this file (format version 3) needs an integer model, and "
-                              f"{lm.path} is a float one")
     else:
-        _check_decode_threads(h, threads)
-        if device is not None and torch.device(device).type != h.backend:
-            raise DecodeError(f"this file was encoded on {h.backend}; it decodes only on "
-                              f"{h.backend} (--device {h.backend}), not {torch.device(device).type}")
-        if h.bf16:
-            raise DecodeError("this file's network ran under bf16, which no mulancodec encoder "
-                              "writes; it cannot be decoded")
-        if h.backend == "cuda" and not torch.cuda.is_available():
-            raise DecodeError("this file was encoded on cuda and decodes only on a machine with CUDA "
-                              "(the model's float results differ between cpu and cuda)")
-        dev = torch.device(h.backend)
-        lm = model_for_file(model, h.model_id, dev)
-        if exact.is_exact(lm.model):
-            raise DecodeError(f"this file (format version {h.version}) needs a float model, and "
-                              f"{lm.path} is an integer one")
+        dev = _machine_device(chain.machine, device, threads)
+    lm = model_for_file(model, chain.model_id, dev)
+    if exact.is_exact(lm.model) != chain.exact:
+        need, have = ("an integer", "a float") if chain.exact else ("a float", "an integer")
+        raise DecodeError(f"this file (format version {chain.version}) needs {need} model, and "
+                          f"{lm.path} is {have} one")
     if lm.config.tile != h.tile:
         raise DecodeError("tile size in the file does not match the model")
     return lm, dev
+
+
+def _machine_device(machine: Machine, device: "str | torch.device | None",
+                    threads: int | None) -> torch.device:
+    """The device a float model's file decodes on: its own, with its thread count, or a refusal."""
+    _check_decode_threads(machine, threads)
+    backend = machine.backend
+    if device is not None and torch.device(device).type != backend:
+        raise DecodeError(f"this file was encoded on {backend}; it decodes only on "
+                          f"{backend} (--device {backend}), not {torch.device(device).type}")
+    if machine.bf16:
+        raise DecodeError("this file's network ran under bf16, which no mulancodec encoder "
+                          "writes; it cannot be decoded")
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise DecodeError("this file was encoded on cuda and decodes only on a machine with CUDA "
+                          "(the model's float results differ between cpu and cuda)")
+    return torch.device(backend)
 
 
 def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.PathLike | LoadedModel | None",
@@ -389,29 +403,16 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
     limit = img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     h, payload = fmt.read(bytes(data), limit)
     check_work(h, max_work)
-    if any(rec.method == fmt.METHOD_MODEL for rec in h.images):
-        lm, dev = _decoder_model(h, model, device, threads)
+    coded = any(rec.method == fmt.METHOD_MODEL for rec in h.images)
+    lm, dev = _decoder_model(h, model, device, threads) if coded else (None, torch.device("cpu"))
     pics: list[img.Picture | None] = [None] * len(h.images)
     for i, rec in enumerate(h.images):
         if rec.method == fmt.METHOD_EMBED:
             pics[i] = _unembed(rec.embedded, rec.mode, rec.width, rec.height)
     jobs = _tiles(None, h.images, h.tile)
     if jobs:
-        spec = ChainSpec(h.steps, h.kappa, h.window, h.latent_delta)
-        enc = Encoded(payload, h.plan, h.seed_words, h.stripped, 0, h.direct)
-        try:
-            with exact.coding(lm.model, dev, (threads or 0) if h.version >= 3 else h.threads):
-                tiles = decode_tiles(lm.model, spec, jobs, h.tile, exact.chain_device(lm.model, dev),
-                                     enc, progress, _context(lm, jobs, None))
-        except CodingError as e:
-            raise DecodeError(_with_env_hint(str(e), h, dev)) from None
-        canvases = {i: np.zeros((h.images[i].height, h.images[i].width, 3), np.uint8)
-                    for i in jobs.images}
-        for k, px in enumerate(tiles):
-            t = jobs.where(k)
-            img.place_tile(canvases[t.picture], t, px)
-        for i, rgb in canvases.items():
-            pics[i] = _assemble(h.images[i], rgb)
+        assert lm is not None
+        _decode_coded(h, payload, jobs, lm, dev, threads, progress, pics)
     out = [p for p in pics if p is not None]
     for p, rec in zip(out, h.images):
         p.name = rec.name
@@ -422,25 +423,47 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
     if (fmt.compact_check(h.compact, out[0].checksum()) if h.compact
             else _stream_checksum(out)) != h.checksum:
         msg = "pixel checksum mismatch: refusing to return wrong pixels"
-        # the environment hint only concerns model-coded images (and needs the backend present)
-        backend = torch.device(h.backend if h.version < 3 else "cpu")
-        raise DecodeError(_with_env_hint(msg, h, backend) if jobs else msg)
+        # the environment hint only concerns model-coded images
+        raise DecodeError(_with_env_hint(msg, h.chain, dev) if jobs else msg)
     return out
 
 
-def _check_decode_threads(h: fmt.Header, threads: int | None) -> None:
+def _decode_coded(h: fmt.Header, payload: np.ndarray, jobs: img.TileSequence, lm: LoadedModel,
+                  dev: torch.device, threads: int | None, progress: Callable[[int], None] | None,
+                  pics: list[img.Picture | None]) -> None:
+    """Decode the model-coded images (into pics) with the chain the header names: an integer
+    model's with the thread count asked for (any), a float model's with the file's."""
+    chain = h.chain
+    enc = Encoded(payload, h.plan, h.seed_words, h.stripped, 0, h.direct)
+    try:
+        with exact.coding(lm.model, dev, (threads or 0) if chain.exact else chain.machine.threads):
+            tiles = decode_tiles(lm.model, chain, jobs, h.tile, exact.chain_device(lm.model, dev),
+                                 enc, progress, _context(lm, jobs, None))
+    except CodingError as e:
+        raise DecodeError(_with_env_hint(str(e), chain, dev)) from None
+    canvases = {i: np.zeros((h.images[i].height, h.images[i].width, 3), np.uint8)
+                for i in jobs.images}
+    for k, px in enumerate(tiles):
+        t = jobs.where(k)
+        img.place_tile(canvases[t.picture], t, px)
+    for i, rgb in canvases.items():
+        pics[i] = _assemble(h.images[i], rgb)
+
+
+def _check_decode_threads(machine: Machine, threads: int | None) -> None:
     """Refuse a thread count other than the file's: the network's float results depend on it."""
     check_threads(threads)
-    if threads is not None and h.backend == "cpu" and threads != h.threads:
+    n = machine.threads
+    if threads is not None and machine.backend == "cpu" and threads != n:
         raise ThreadsMismatch(
-            f"this file was made with {h.threads} CPU thread{'s' if h.threads != 1 else ''} and, "
-            f"until files are machine-independent, decodes only with {h.threads}, not {threads} "
+            f"this file (a float model's, format version 2) was made with {n} CPU "
+            f"thread{'s' if n != 1 else ''} and decodes only with {n}, not {threads} "
             "(leave out --threads / threads= to use the file's count)")
 
 
-def _with_env_hint(msg: str, h: fmt.Header, dev: torch.device) -> str:
+def _with_env_hint(msg: str, chain: ChainSpec, dev: torch.device) -> str:
     """A failed decode's message, with what in this environment differs from the encoder's."""
-    if h.version < 3 and h.env_tag != env_tag(dev):
+    if chain.machine_bound and chain.machine.env_tag != env_tag(dev):
         msg += (" (the file was encoded with a different torch version or CPU/GPU kind, "
                 "which changes the model's float results; decode it where it was encoded)")
     have = _codecs.constriction_version()

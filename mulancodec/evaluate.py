@@ -1,4 +1,9 @@
-"""The model's -ELBO in bits per dimension, with each term and a confidence interval."""
+"""The model's -ELBO in bits per dimension, with each term and a confidence interval.
+
+The terms are `model.mulan.elbo`'s, the training loss's own assembly: for a float
+model with the loss's arithmetic and draws (`AntitheticDraws`), for an integer
+model (exact, no training loss) with the codec's (`quantcost.evaluate_steps`).
+"""
 from __future__ import annotations
 
 import math
@@ -7,10 +12,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .coding.chainspec import chain_steps
+from .coding.exact import is_exact
 from .data import TileSet
-from .model.mulan import MuLAN, context_channels
+from .model.mulan import AntitheticDraws, ElboModel, MuLAN, context_channels, elbo
 
 TERMS = ("diffusion", "recon", "prior", "latent")
+EXACT_BATCH = 64  # tiles per batch at most for an integer model's eval (its networks are wide)
 
 
 def batch_tensors(tiles: TileSet, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -36,7 +44,7 @@ def _bound(model: MuLAN, images: TileSet, steps: int, batch_size: int, device: s
     for _ in range(repeats):
         for i in range(0, n, batch_size):
             x, ctx = batch_tensors(images.take(slice(i, i + batch_size)), device)
-            terms = model.terms(x, steps, gen, ctx=ctx)
+            terms = elbo(model, x, AntitheticDraws(gen, x.device, steps), ctx)
             for k in TERMS:
                 out[k][i:i + len(x)] += getattr(terms, k).double().cpu().numpy() / repeats
             if progress is not None:
@@ -51,19 +59,24 @@ def ci95(v: np.ndarray) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate(model: MuLAN, images: TileSet | np.ndarray, steps: int = 100, batch_size: int = 256,
-             device: str | torch.device = "cpu", seed: int = 0, repeats: int = 1,
+def evaluate(model: ElboModel, images: TileSet | np.ndarray, steps: int | None = None,
+             batch_size: int = 256, device: str | torch.device = "cpu", seed: int = 0, repeats: int = 1,
              progress: Any = None) -> dict[str, Any]:
     """Monte Carlo -ELBO of tiles ((N, H, W, C) uint8 or a TileSet with context),
-    continuous-time and at T = `steps`.
+    continuous-time and at T = `steps` (default: `chain_steps`).
 
     Each image gets `repeats` independent samples of (c, z_0, t) per bound, the same
     ones for both bounds (so their difference, the discrete-time gap, is paired); the
-    95% interval covers both image-to-image spread and sampling noise.
+    95% interval covers both image-to-image spread and sampling noise. An integer model
+    has no training loss, hence no continuous bound: its fields are the codec's cost at
+    T (`quantcost.evaluate_steps`, on the CPU; "bpd" is None), and T must be at least 1.
     """
+    steps = chain_steps(steps=steps)
     model.eval()
     if not isinstance(images, TileSet):
         images = TileSet(images)
+    if is_exact(model):  # an integer model
+        return _exact_bound(model, images, steps, batch_size, seed, repeats, progress)
     cont = _bound(model, images, 0, batch_size, device, seed, repeats, progress)
     disc = _bound(model, images, steps, batch_size, device, seed, repeats, progress) if steps else cont
     total = sum(cont[k] for k in TERMS)
@@ -82,6 +95,17 @@ def evaluate(model: MuLAN, images: TileSet | np.ndarray, steps: int = 100, batch
     for k in TERMS:
         out[k] = float(cont[k].mean())
     return out
+
+
+def _exact_bound(model: ElboModel, images: TileSet, steps: int, batch_size: int, seed: int,
+                 repeats: int, progress: Any) -> dict[str, Any]:
+    """An integer model's eval: -ELBO_T in the arithmetic its files are coded with."""
+    from .quantcost import evaluate_steps  # it builds on this module
+
+    if steps < 1:
+        raise ValueError("an integer model has no continuous bound: give steps T >= 1")
+    update = None if progress is None else progress.update
+    return evaluate_steps(model, images, steps, min(batch_size, EXACT_BATCH), seed, repeats, update)
 
 
 @torch.no_grad()

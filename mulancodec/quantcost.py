@@ -6,8 +6,8 @@ the same noise at each), so most of the estimator's variance cancels in the
 difference. Each tile's diffusion term is a stratified estimate: K steps, one
 drawn from each of K equal runs of 1..T, each KL weighted T/K (unbiased for the
 sum over all T steps when K divides T). Works with anything that offers the
-codec's model interface (`MuLAN`, `IntegerMuLAN`): the terms are the same
-definitions the loss and the codec use (`model.mulan`), in float64.
+codec's model interface (`MuLAN`, `IntegerMuLAN`): the terms are the loss's own
+assembly (`model.mulan.elbo`) in the arithmetic the codec codes that model with.
 """
 from __future__ import annotations
 
@@ -20,24 +20,24 @@ import torch
 from torch import Tensor
 
 from .data import TileSet
-from .evaluate import batch_tensors, ci95
-from .model.latent import std_normal_kl
-from .model.mulan import (LN2, alpha_sigma, decoder_params, discretized_gaussian_nll,
-                          reverse_step_kl, to_unit)
+from .evaluate import TERMS, batch_tensors, ci95
+from .model.mulan import Arithmetic, ElboModel, StepLoss, elbo
 
 
 @dataclass
-class Draws:
-    """The random numbers one batch of tiles is evaluated with (shared by both models)."""
+class StratifiedDraws:
+    """The random numbers one batch of tiles is evaluated with (shared by both models), and
+    the stratified time sampling: K steps, one from each of K equal runs of 1..T."""
 
-    latent: Tensor | None  # (B, C_c, h, w)
-    z0: Tensor  # (B, 3, S, S)
+    c_noise: Tensor | None  # (B, C_c, h, w)
+    z0_noise: Tensor  # (B, 3, S, S)
     steps: Tensor  # (B, K) step indices in 1..T
     eps: Tensor  # (K, B, 3, S, S)
+    T: int
 
     @classmethod
     def draw(cls, gen: torch.Generator, x: Tensor, latent_shape: tuple[int, ...] | None, T: int,
-             K: int) -> "Draws":
+             K: int) -> "StratifiedDraws":
         B = x.shape[0]
         latent = None if latent_shape is None else torch.randn((B, *latent_shape), generator=gen,
                                                               dtype=torch.float64)
@@ -45,43 +45,31 @@ class Draws:
         u = torch.rand((B, K), generator=gen, dtype=torch.float64)
         steps = torch.floor((torch.arange(K, dtype=torch.float64) + u) * (T / K)).long() + 1
         eps = torch.randn((K, *x.shape), generator=gen, dtype=torch.float64)
-        return cls(latent, z0, steps.clamp(1, T), eps)
+        return cls(latent, z0, steps.clamp(1, T), eps, T)
+
+    def latent(self, shape: tuple[int, ...]) -> Tensor:
+        assert self.c_noise is not None
+        return self.c_noise
+
+    def z0(self, shape: tuple[int, ...]) -> Tensor:
+        return self.z0_noise
+
+    def diffusion(self, step: StepLoss, shape: tuple[int, ...]) -> Tensor:
+        """Each step's KL summed over the tile, weighted T/K (unbiased when K divides T)."""
+        T, K = self.T, self.steps.shape[1]
+        total = torch.zeros(shape[0], dtype=torch.float64)
+        for k in range(K):
+            i = self.steps[:, k].double()
+            total += (T / K) * step(i / T, (i - 1) / T, self.eps[k]).flatten(1).sum(1)
+        return total
 
 
 @torch.no_grad()
-def elbo_terms(model: Any, x: Tensor, ctx: Tensor | None, T: int, d: Draws) -> dict[str, Tensor]:
-    """Per-tile -ELBO_T terms (bpd, float64) of `model` for pixels x (B, 3, S, S) and draws d."""
-    fns = model.elementary
-    xu = to_unit(x).double()
-    dims, K = x[0].numel(), d.steps.shape[1]
-    post = model.latent_posterior(xu.float())
-    if post is None:
-        c, latent = None, torch.zeros(x.shape[0], dtype=torch.float64)
-    else:
-        cm, cs = (v.double() for v in post)
-        c = (cm + cs * d.latent).float()
-        latent = std_normal_kl(cm, cs).flatten(1).sum(1)
-    sched = model.schedule(c, xu.float()).double()
-    g0, g1 = sched.gamma(0.0).expand_as(xu), sched.gamma(1.0).expand_as(xu)
-    a0, s0 = alpha_sigma(g0, fns)
-    dm, ds = decoder_params(a0 * xu + s0 * d.z0, g0, fns)
-    recon = discretized_gaussian_nll(x, dm, ds).double().flatten(1).sum(1)
-    a1, s1 = alpha_sigma(g1, fns)
-    prior = std_normal_kl(a1 * xu, s1).flatten(1).sum(1)
-    diffusion = torch.zeros_like(latent)
-    for k in range(K):
-        i = d.steps[:, k].double()
-        g_t, g_s = sched.gamma(i / T).expand_as(xu), sched.gamma((i - 1) / T).expand_as(xu)
-        a_t, s_t = alpha_sigma(g_t, fns)
-        eps = d.eps[k]
-        eps_hat, mse_hat = model.denoise((a_t * xu + s_t * eps).float(), g_t.float(), c, ctx)
-        mse_hat = None if mse_hat is None else mse_hat.double()
-        kl = reverse_step_kl(g_s, g_t, eps, eps_hat.double(), mse_hat)
-        diffusion += (T / K) * kl.flatten(1).sum(1)
-    k = 1.0 / (dims * LN2)
-    terms = {"diffusion": diffusion * k, "recon": recon * k, "prior": prior * k, "latent": latent * k}
-    terms["total"] = sum(terms.values())  # type: ignore[assignment]
-    return terms
+def elbo_terms(model: ElboModel, x: Tensor, ctx: Tensor | None, d: StratifiedDraws) -> dict[str, Tensor]:
+    """Per-tile -ELBO_T terms (bpd, float64) of `model` for pixels x (B, 3, S, S) and draws d,
+    in the arithmetic the codec codes `model`'s chain with."""
+    terms = elbo(model, x, d, ctx, Arithmetic.coder(model))
+    return {**{t: getattr(terms, t) for t in TERMS}, "total": terms.total}
 
 
 def paired_elbo(models: dict[str, Any], tiles: TileSet, T: int, K: int, batch: int = 16,
@@ -93,9 +81,9 @@ def paired_elbo(models: dict[str, Any], tiles: TileSet, T: int, K: int, batch: i
     for start in range(0, len(tiles), batch):
         x, ctx = batch_tensors(tiles.take(slice(start, start + batch)), "cpu")
         shape = first.latent_shape(x.shape[2], x.shape[3]) if first.cfg.latent_channels else None
-        d = Draws.draw(gen, x, shape, T, K)
+        d = StratifiedDraws.draw(gen, x, shape, T, K)
         for name, model in models.items():
-            for term, v in elbo_terms(model, x, ctx, T, d).items():
+            for term, v in elbo_terms(model, x, ctx, d).items():
                 per[name].setdefault(term, []).append(v.numpy())
         if progress is not None:
             progress(len(x))

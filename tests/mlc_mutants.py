@@ -32,6 +32,7 @@ from PIL import Image
 import mulancodec as mc
 from mulancodec import image as img
 from mulancodec.coding import container as fmt
+from mulancodec.coding.chainspec import ChainSpec, Machine
 
 from conftest import smooth_image
 
@@ -180,10 +181,27 @@ def parts(data: bytes) -> tuple[fmt.Header, np.ndarray]:
     return fmt.read(data, 0)
 
 
+CHAIN_FIELDS = {f.name for f in dataclasses.fields(ChainSpec)}
+MACHINE_FIELDS = {f.name for f in dataclasses.fields(Machine)}
+
+
+def set_fields(h: fmt.Header, **fields) -> fmt.Header:
+    """Replace header fields in place, by name: the chain spec's (`steps`, `model_id`, ...) and
+    its machine's (`backend`, `threads`, ...) as well as the header's own."""
+    machine = {k: fields.pop(k) for k in list(fields) if k in MACHINE_FIELDS}
+    chain = {k: fields.pop(k) for k in list(fields) if k in CHAIN_FIELDS}
+    if machine:
+        chain["machine"] = dataclasses.replace(h.chain.machine, **machine)
+    h.chain = dataclasses.replace(h.chain, **chain)
+    for k, v in fields.items():
+        setattr(h, k, v)
+    return h
+
+
 def rewrite(data: bytes, payload: np.ndarray | None = None, **fields) -> bytes:
     """The file re-serialised with header fields replaced (CRCs valid)."""
     h, words = parts(data)
-    h = dataclasses.replace(h, **fields)
+    h = set_fields(dataclasses.replace(h), **fields)
     return fmt.write(h, words if payload is None else np.asarray(payload, dtype=np.uint32))
 
 

@@ -230,19 +230,19 @@ def edit_header(draw, h: fmt.Header, words: np.ndarray, corpus) -> np.ndarray:
                                   "window", "latent_delta", "tile", "image", "image", "image", "plan",
                                   "seed_words", "stripped", "checksum", "payload", "payload"]))
     if field == "model_id":
-        h.model_id = draw(st.binary(min_size=8, max_size=8)).hex()
+        mm.set_fields(h, model_id=draw(st.binary(min_size=8, max_size=8)).hex())
     elif field == "backend":
-        h.backend = "cuda"
+        mm.set_fields(h, backend="cuda")
     elif field == "bf16":
-        h.bf16 = True
+        mm.set_fields(h, bf16=True)
     elif field == "threads":
-        h.threads = draw(st.sampled_from([0, 1, 3, 64, 256, 257, 4096, 4097]))
+        mm.set_fields(h, threads=draw(st.sampled_from([0, 1, 3, 64, 256, 257, 4096, 4097])))
     elif field == "env_tag":
-        h.env_tag = draw(st.integers(0, 2 ** 32 - 1))
+        mm.set_fields(h, env_tag=draw(st.integers(0, 2 ** 32 - 1)))
     elif field == "steps":
-        h.steps = draw(st.sampled_from([0, 1, 3, 4, 100_001]))
+        mm.set_fields(h, steps=draw(st.sampled_from([0, 1, 3, 4, 100_001])))
     elif field in ("kappa", "window", "latent_delta"):
-        setattr(h, field, draw(st.sampled_from(FLOATS) | st.floats(0.0, 1000.0, width=32)))
+        mm.set_fields(h, **{field: draw(st.sampled_from(FLOATS) | st.floats(0.0, 1000.0, width=32))})
     elif field == "tile":
         h.tile = draw(st.sampled_from([0, 1, 8, 15, 32, 1024, 1025]))
     elif field == "image":

@@ -8,7 +8,7 @@ tiles is compared with the integer model's -ELBO_T summed over every step
 import numpy as np
 import torch
 
-from mulancodec.quantcost import Draws, elbo_terms
+from mulancodec.quantcost import StratifiedDraws, elbo_terms
 from mulancodec.weights import load_model
 
 from conftest import CIFAR10_INT_MODEL, smooth_image
@@ -25,8 +25,8 @@ def test_integer_rate_matches_its_elbo():
     gen = torch.Generator().manual_seed(0)
     per_tile = []
     for i in range(0, N_TILES, 16):
-        d = Draws.draw(gen, x[i:i + 16], model.latent_shape(S, S), T, T)  # every step once
-        per_tile.append(elbo_terms(model, x[i:i + 16], None, T, d)["total"])
+        d = StratifiedDraws.draw(gen, x[i:i + 16], model.latent_shape(S, S), T, T)  # every step once
+        per_tile.append(elbo_terms(model, x[i:i + 16], None, d)["total"])
     elbo = torch.cat(per_tile)
     mean, se = float(elbo.mean()), float(elbo.std() / len(elbo) ** 0.5)
     rate = coded_rate(model, tiles)

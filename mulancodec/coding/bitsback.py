@@ -22,7 +22,6 @@ each tile's context window (`model.context`), which the stream fills in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
@@ -32,17 +31,8 @@ from ..image import TileJob
 from ..model.exactmath import Elementary
 from ..model.mulan import (MuLAN, alpha_sigma, data_posterior, decoder_params, forward_step,
                            reverse_step, to_unit)
+from .chainspec import ChainSpec
 from .codecs import BitsBack, BitsBackStep, BitSwap, Codec, PixelGaussian, Stack, WindowedGaussian
-
-
-@dataclass(frozen=True)
-class ChainSpec:
-    """What both sides must agree on to rebuild every distribution (stored in the header)."""
-
-    steps: int = 100
-    kappa: float = 1.0  # grid step as a fraction of the smaller of the two stds (measured best)
-    window: float = 12.0  # coding window radius in stds (beyond it: escape codes)
-    latent_delta: float = 1.0 / 256  # grid of the latent c (prior std 1)
 
 
 R = TypeVar("R")
@@ -145,7 +135,7 @@ class TileBatch:
             self.c = (torch.from_numpy(kc).to(self.device, torch.float64)
                       * self.spec.latent_delta).float().view(shape)
         like = torch.zeros(self.B, 3, self.size, self.size, device=self.device)
-        self.sched = self.model.schedule(self.c, like).double()
+        self.sched = self.model.schedule(self.c, like, self.ctx).double()
 
     # -- schedule and grids --------------------------------------------------------------
     def gamma_full(self, i: int) -> torch.Tensor:

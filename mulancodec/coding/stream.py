@@ -26,7 +26,8 @@ from ..model.context import known_window, window_pixels
 from ..model.mulan import MuLAN, context_channels
 from . import container as fmt
 from . import direct
-from .bitsback import ChainSpec, TileBatch, decode_batch, encode_batch
+from .bitsback import TileBatch, decode_batch, encode_batch
+from .chainspec import ChainSpec
 from .codecs import CodingError, Stack, StackUnderflow, seed_words
 
 # What the first bits-back tile's pops take, in bits per coded subpixel (measured
@@ -190,8 +191,8 @@ def _encode_with_seed(model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], si
     return Encoded(words[strip:].copy(), plan, seed, strip, first_cost, direct=n_direct)
 
 
-_CORRUPT = ("the stream ran out of bits: the file is corrupt or was made with a different model "
-            "or software environment")
+_CORRUPT = ("the stream ran out of bits: the file is corrupt or was made in a different "
+            "software environment")
 
 
 def _decoder_stack(enc: Encoded, jobs: Sequence[TileJob], size: int) -> Stack:
@@ -249,5 +250,5 @@ def decode_tiles(model: MuLAN, spec: ChainSpec, jobs: Sequence[TileJob], size: i
     rest, seed_arr = stack.words(), seed_words(enc.seed_words)[::-1]
     if len(rest) != len(seed_arr) + 1 or not np.array_equal(rest[:-1], seed_arr) or rest[-1] != 1:
         raise CodingError("the stream did not unwind to its seed: the file is corrupt or was "
-                          "made with a different model or software environment")
+                          "made in a different software environment")
     return out

@@ -116,3 +116,58 @@ def test_demo_runs(images, tiny_model_path):
     r = run(["demo", "--steps", "2"], images, env_model=tiny_model_path, check=0)
     out = r.stdout.decode()
     assert "round trip exact: yes" in out and "PNG" in out and "WebP" in out
+
+
+# -- exit codes by exception type -----------------------------------------------------------
+
+def cli_in_process(*args):
+    """The CLI in this process (fast: torch and the tiny model are already loaded)."""
+    from click.testing import CliRunner
+
+    from mulancodec.cli import main
+
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_corrupt_payload_exits_3_not_4(corpus, tiny_model_path, tmp_path):
+    """A payload that does not decode is the file's problem (3), not the model's (4): the
+    model id already matched, and the exit code follows the exception's type."""
+    import mlc_mutants as mm
+    from mulancodec.cli import EXIT_INPUT
+
+    good = corpus[0].data
+    words = mm.parts(good)[1].copy()
+    words[0] ^= 1  # the word the decoder pops last: the stream does not unwind to its seed
+    bad = tmp_path / "bad.mlc"
+    bad.write_bytes(mm.rewrite(good, payload=words))  # header and CRCs valid: only the payload is off
+    code, _, err = cli_in_process("decode", bad, "-o", tmp_path / "bad.png", "--model", tiny_model_path)
+    lines = err.splitlines()
+    assert code == EXIT_INPUT, err
+    assert len(lines) == 1 and lines[0].startswith("mulancodec: error:")
+    assert "the file is corrupt" in lines[0]
+    assert not (tmp_path / "bad.png").exists()
+    code, out, _ = cli_in_process("verify", bad, "--model", tiny_model_path)
+    assert code == EXIT_INPUT and out.startswith(f"{bad}: CORRUPT (")
+
+
+def test_exit_codes_follow_exception_types():
+    """The exit code depends on the exception's type only, never on its message."""
+    import mulancodec as mc
+    from mulancodec.cli import EXIT_ERROR, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, CliError
+    from mulancodec.cli.errors import classify, failure
+    from mulancodec.coding.codecs import CodingError
+
+    text = "this file was made with model 0123456789abcdef, not the model in use"
+    assert classify(mc.MissingModelError(text)) == EXIT_MODEL  # a DecodeError too: the model wins
+    assert classify(mc.ModelFileError("x")) == EXIT_MODEL
+    assert classify(mc.ThreadsMismatch(text)) == EXIT_USAGE
+    for e in (mc.DecodeError(text), mc.FormatError(text), mc.ImageError("x"), mc.EncodeError("x"),
+              CodingError(text)):
+        assert classify(e) == EXIT_INPUT, type(e)
+    assert classify(RuntimeError(text)) is None
+    assert failure(RuntimeError(text)) == (text, EXIT_ERROR)
+    assert failure(PermissionError(13, "denied"))[1] == EXIT_OUTPUT
+    assert failure(CliError("out exists", EXIT_OUTPUT)) == ("out exists", EXIT_OUTPUT)
+    assert failure(ValueError("")) == ("ValueError", EXIT_ERROR)

@@ -1,0 +1,4 @@
+"""`python -m mulancodec.cli` (and `torchrun -m mulancodec.cli train`): the same as `mulancodec`."""
+from . import main
+
+main()

@@ -24,8 +24,8 @@ import torch
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from mulancodec.data import image_tiles, load_images
-from mulancodec.evaluate import elbo_by_steps
+from mulancodec.training.data import image_tiles, load_images
+from mulancodec.training.evaluate import elbo_by_steps
 from mulancodec.weights import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -38,6 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="shipped model name or model file/run directory (repeatable; the first is the baseline)")
     p.add_argument("--steps", type=int, nargs="+", default=[0, 25, 50, 100], help="T values (0: continuous)")
     p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--flat", type=int, default=None,
+                   help="only the N flattest tiles (least mean |horizontal gradient|): where smooth "
+                        "regions pay, and where the discrete-time gap is largest")
     p.add_argument("--repeats", type=int, default=1, help="samples per tile")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
@@ -49,6 +52,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def mean_ci(v: np.ndarray) -> tuple[float, float]:
     """Mean and the half-width of its 95% interval."""
     return float(v.mean()), 1.96 * float(v.std(ddof=1)) / math.sqrt(len(v))
+
+
+def flattest(x: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n tiles (N, S, S, 3) of least mean |horizontal gradient|, in order."""
+    grad = np.abs(np.diff(x.astype(np.int16), axis=2)).mean(axis=(1, 2, 3))
+    return np.sort(np.argsort(grad, kind="stable")[:n])
 
 
 def table(names: list[str], res: dict[str, dict[int, np.ndarray]], steps: list[int]) -> str:
@@ -84,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.model:
         lm = load_model(name, "cpu")
         tiles = image_tiles(images, lm.config.tile, lm.config.context, args.limit)
+        if args.flat:
+            tiles = tiles.take(flattest(tiles.x, args.flat))
         tiles_of = tiles_of or (lm.config.tile, lm.config.context, len(tiles))
         if tiles_of != (lm.config.tile, lm.config.context, len(tiles)):
             raise SystemExit(f"{name}: other tiles than {args.model[0]}; models must share tile and context")
@@ -91,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta[name] = {"model_id": lm.model_id, "path": str(lm.path)}
         print(name, {T: round(float(v.mean()), 4) for T, v in res[name].items()}, flush=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", "-".join(Path(args.data.rstrip("/")).with_suffix("").parts[-2:]))
+    slug += f"-flat{args.flat}" if args.flat else ""
     out = args.out or RESULTS / f"elbo-{slug.strip('-')}"
     out.mkdir(parents=True, exist_ok=True)
     md = table(args.model, res, args.steps)

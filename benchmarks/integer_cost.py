@@ -3,7 +3,7 @@
     python benchmarks/integer_cost.py --float photo --int photo-int \
         --data ../shared/datasets/photos/val.npz --steps 100 --k 10 --time-images 1
 
-Bits: `mulancodec.quantcost.paired_elbo` on every full tile of the images (with
+Bits: `mulancodec.exact.quantcost.paired_elbo` on every full tile of the images (with
 their context under the nominal plan), the same draws for both models, K
 stratified steps per tile; prints each model's -ELBO_T terms and the paired
 difference (integer - float) with its standard error over tiles.
@@ -25,9 +25,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import mulancodec as mc  # noqa: E402
-from mulancodec.data import image_tiles, load_images  # noqa: E402
-from mulancodec.quantcost import difference, paired_elbo  # noqa: E402
-from mulancodec.weights import load_model  # noqa: E402
+from mulancodec.exact.quantcost import difference, paired_elbo
+from mulancodec.training.data import image_tiles, load_images
+from mulancodec.weights import load_model
 
 
 def bits(args: argparse.Namespace, fm, im, images: list[np.ndarray]) -> dict:

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 import mulancodec
-from mulancodec.data import TileSet, image_tiles
-from mulancodec.evaluate import evaluate
+from mulancodec.training.data import TileSet, image_tiles
+from mulancodec.training.evaluate import evaluate
 from mulancodec.weights import LoadedModel
 
 from .measure import BitExactError, Tally, bits_per_subpixel, check_exact, pixels, subpixels, timed

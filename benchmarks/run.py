@@ -25,13 +25,12 @@ import torch
 from tqdm import tqdm
 
 import mulancodec
-from mulancodec.allocator import keep_freed_memory
-from mulancodec.api import default_steps, pick_device
-from mulancodec.data import load_images
-from mulancodec.weights import LoadedModel, load_model
-
 from benchmarks import classical, mulan_bench, plots, report
 from benchmarks.measure import BitExactError, centre_crop, measure_codec
+from mulancodec.allocator import keep_freed_memory
+from mulancodec.api import default_steps, pick_device
+from mulancodec.training.data import load_images
+from mulancodec.weights import LoadedModel, load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2

@@ -26,11 +26,10 @@ import torch
 from PIL import Image
 
 import mulancodec
-from mulancodec.allocator import keep_freed_memory
-from mulancodec.api import get_model, pick_device
-
 from benchmarks.measure import centre_crop
 from benchmarks.profiling import CodingProfile
+from mulancodec.allocator import keep_freed_memory
+from mulancodec.api import get_model, pick_device
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,12 +18,26 @@ import os as _os
 
 _os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-from .api import (DecodeError, EncodeError, EncodeStats, MissingModelError, ThreadsMismatch, compress, compress_many, compress_many_with_stats,
-                  compress_with_stats, decompress, decompress_image, decompress_many, decompress_pictures,
-                  read_header)
+from .api import (
+                  DecodeError,
+                  EncodeError,
+                  EncodeStats,
+                  MissingModelError,
+                  ThreadsMismatch,
+                  compress,
+                  compress_many,
+                  compress_many_with_stats,
+                  compress_with_stats,
+                  decompress,
+                  decompress_image,
+                  decompress_many,
+                  decompress_pictures,
+                  read_header,
+)
 from .coding.container import FormatError
-from .image import ImageError
-from .weights import ModelFileError, load_model, shipped_models
+from .imaging.image import ImageError
+from .weights import load_model
+from .zoo import ModelFileError, shipped_models
 
 __all__ = ["__version__", "compress", "compress_many", "compress_many_with_stats", "compress_with_stats", "decompress",
            "decompress_image", "decompress_many", "decompress_pictures", "read_header", "load_model",

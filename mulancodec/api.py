@@ -6,7 +6,6 @@ likelihoods and bits-back ANS (coding/bitsback.py) -> container (coding/containe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import zlib
 from dataclasses import dataclass
@@ -16,33 +15,27 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import image as img
+from .adapt import AdaptError, AdaptReport, DeltaError, adapted_model
+from .adapt.encoder import for_file
 from .coding import codecs as _codecs
 from .coding import container as fmt
-from .coding.chainspec import DEFAULT_STEPS  # noqa: F401 (api.DEFAULT_STEPS: T's default lives there)
-from .coding.chainspec import ANY_MACHINE, ChainSpec, Machine, chain_steps
-from .coding.codecs import CodingError
 from .coding import exact
-from .jxl import JxlUnavailable
-from .metadata import Metadata, MetadataError
+from .coding.chainspec import ANY_MACHINE, DEFAULT_EFFORT, ChainSpec, Machine, chain_steps, effort_plan
+from .coding.codecs import CodingError
+from .coding.reader import read_file
 from .coding.stream import Encoded, TileContext, decode_tiles, encode_tiles
-from .weights import ENV_MODEL, LoadedModel, ModelFileError, find_shipped, load_model, shipped_models
-
-
-class DecodeError(Exception):
-    """A file could not be decoded into exactly the image that was encoded."""
-
-
-class EncodeError(Exception):
-    """An image could not be encoded."""
-
-
-class MissingModelError(DecodeError, ModelFileError):
-    """The model a file was made with is not installed (or not the one given)."""
-
-
-class ThreadsMismatch(DecodeError):
-    """A decode was asked to run with another CPU thread count than the file was made with."""
+from .failures import DecodeError, EncodeError, MissingModelError, ThreadsMismatch
+from .imaging import image as img
+from .imaging.metadata import Metadata, MetadataError
+from .pictures import assemble as _assemble
+from .pictures import embed as _embed
+from .pictures import record as _record
+from .pictures import record_meta as _record_meta
+from .pictures import stream_checksum as _stream_checksum
+from .pictures import tiles as _tiles
+from .pictures import unembed as _unembed
+from .weights import LoadedModel, load_model
+from .zoo import ENV_MODEL, ModelFileError, find_shipped, shipped_models
 
 
 def check_threads(threads: int | None) -> int | None:
@@ -123,62 +116,13 @@ class EncodeStats:
     first_batch_bits: int  # seed bits the first batch consumed (the start-up cost)
     tiles: int
     plan: list[int]
+    effort: int = DEFAULT_EFFORT  # the effort level the file was made at (`chainspec.EFFORTS`)
+    steps: int | None = None  # T (None: no image was coded by the model)
+    adapt: "AdaptReport | None" = None  # what adaptation did (None: not asked for)
 
     @property
     def bpd(self) -> float:
         return 8 * self.bytes / max(1, self.subpixels)
-
-
-def _embed(pic: img.Picture) -> bytes:
-    """The smallest exact PNG/WebP/JPEG-XL of the picture (the fallback when bits-back loses);
-    each candidate is decoded and checked before it can be chosen."""
-    cands = img.lossless_encodings(pic.to_pil(meta=False))  # metadata is stored once, in the header
-    good = [c for c in sorted(cands, key=len) if _unembed(c, pic.mode, pic.width, pic.height).checksum()
-            == pic.checksum()]
-    if not good:
-        raise EncodeError(f"cannot store this {pic.mode} image exactly")
-    return good[0]
-
-
-def _unembed(data: bytes, mode: str, width: int, height: int) -> img.Picture:
-    try:  # the header's size passed the caller's limit, and the image must have that size
-        im = img.decode_lossless(data, width, height)
-        if im.mode != mode:
-            if mode not in ("RGB", "RGBA") or im.mode not in ("RGB", "RGBA"):
-                raise DecodeError("embedded image does not match its header")
-            im = im.convert(mode)  # lossless WebP may come back with or without alpha
-        pic = img.from_pil(im, max_pixels=0)
-        pic.meta = Metadata()
-        return pic
-    except JxlUnavailable as e:
-        raise DecodeError(str(e)) from None
-    except (OSError, SyntaxError, ValueError, img.ImageError) as e:
-        raise DecodeError(f"corrupt embedded image ({e})") from None
-
-
-def _record(pic: img.Picture) -> fmt.ImageRecord:
-    rec = fmt.ImageRecord(pic.mode, pic.width, pic.height)
-    try:
-        rec.meta = pic.meta.items()
-    except MetadataError as e:
-        raise EncodeError(str(e)) from None
-    if pic.rgb is None:  # palette image the model cannot code through RGB
-        rec.method = fmt.METHOD_EMBED
-        rec.embedded = _embed(pic)
-        return rec
-    if pic.mode == "P":
-        rec.palette_mode, rec.palette, rec.transparency = pic.palette_mode, pic.palette, pic.transparency
-    if pic.alpha is not None:
-        rec.alpha = img.png_bytes(pic.alpha)
-    return rec
-
-
-def _tiles(pics: Sequence[img.Picture] | None, recs: Sequence[fmt.ImageRecord],
-           tile: int) -> img.TileSequence:
-    """The tiles of the model-coded images (pixels only on the encoder's side)."""
-    shapes = [(r.height, r.width, r.mode in ("L", "LA")) if r.method == fmt.METHOD_MODEL else None
-              for r in recs]
-    return img.TileSequence(pics, shapes, tile)
 
 
 def _context(lm: LoadedModel, jobs: img.TileSequence,
@@ -190,23 +134,24 @@ def _context(lm: LoadedModel, jobs: img.TileSequence,
     return TileContext(jobs, lm.config.context, canvases)  # type: ignore[arg-type]
 
 
-def _stream_checksum(pics: Iterable[img.Picture]) -> bytes:
-    h = hashlib.sha256()
-    for p in pics:
-        h.update(p.checksum())
-    return h.digest()[:8]
-
-
 def _encode(pics: list[img.Picture], *, steps: int | None = None,
             device: "str | torch.device | None" = None,
             model: "str | os.PathLike | LoadedModel | None" = None, fallback: bool = True,
             max_batch: int | None = None, progress: Callable[[int], None] | None = None,
             names: Sequence[str] | None = None, threads: int | None = None,
+            effort: int | None = None, adapt: int | None = None,
+            float_model: "str | os.PathLike | LoadedModel | None" = None,
             _spec: ChainSpec | None = None) -> tuple[bytes, EncodeStats]:
     try:
         check_threads(threads)
+        level, steps, n_adapt = effort_plan(effort, steps, adapt)
     except ValueError as e:
         raise EncodeError(str(e)) from None
+    if n_adapt < 0:
+        raise EncodeError("adapt must be 0 (none) or a number of fine-tuning steps")
+    effort = DEFAULT_EFFORT if effort is None else effort
+    if level.classical and steps is None and adapt is None:
+        return _encode_classical(pics, names, effort, device, model)
     dev = pick_device(device)
     lm = get_model(model, dev)
     threads = threads or min(torch.get_num_threads(), fmt.MAX_THREADS)
@@ -218,17 +163,21 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
     jobs = _tiles(pics, recs, tile)
     header = fmt.Header(spec, tile, recs, checksum=_stream_checksum(pics))
     enc = Encoded(np.zeros(0, np.uint32), [], 0, 0, 0)
+    report, coder = None, lm.model
+    if jobs and n_adapt:
+        report, coder, header.chain = _adapt(lm, pics, recs, header.chain, n_adapt, adapt is not None,
+                                             float_model, dev)
     if jobs:
         mb = max_batch or (256 if dev.type == "cuda" else 16)
-        with exact.coding(lm.model, dev, threads):
-            enc = encode_tiles(lm.model, spec, jobs, tile, exact.chain_device(lm.model, dev), mb,
+        with exact.coding(coder, dev, threads):
+            enc = encode_tiles(coder, header.chain, jobs, tile, exact.chain_device(coder, dev), mb,
                                progress, _context(lm, jobs, pics))
         header.plan, header.seed_words, header.stripped = enc.plan, enc.seed_words, enc.stripped
         header.direct = enc.direct
     data = fmt.write(header, enc.payload)
     subpixels = sum(p.array().size for p in pics)
     stats = EncodeStats(len(data), subpixels, len(data) if jobs else None, False, enc.first_batch_bits,
-                        len(jobs), enc.plan)
+                        len(jobs), enc.plan, effort, spec.steps if jobs else None, report)
     if fallback and len(pics) == 1 and jobs:
         emb = fmt.ImageRecord(pics[0].mode, pics[0].width, pics[0].height, fmt.METHOD_EMBED,
                               embedded=_embed(pics[0]), meta=recs[0].meta)
@@ -237,6 +186,37 @@ def _encode(pics: list[img.Picture], *, steps: int | None = None,
             data = alt
             stats.bytes, stats.embedded = len(alt), True
     return data, stats
+
+
+def _adapt(lm: LoadedModel, pics: list[img.Picture], recs: list[fmt.ImageRecord], spec: ChainSpec,
+           n: int, asked: bool, float_model: "str | os.PathLike | LoadedModel | None",
+           dev: torch.device) -> tuple[AdaptReport, torch.nn.Module, ChainSpec]:
+    """`adapt.encoder.for_file` on the model-coded images, its refusals as EncodeError."""
+    coded = [(p.rgb, r.mode in ("L", "LA")) for p, r in zip(pics, recs) if r.method == fmt.METHOD_MODEL]
+    try:
+        return for_file(lm, float_model, coded, spec, n, asked, dev)
+    except (AdaptError, ModelFileError) as e:
+        raise EncodeError(str(e)) from None
+
+
+def _encode_classical(pics: list[img.Picture], names: Sequence[str] | None, effort: int,
+                      device: "str | torch.device | None",
+                      model: "str | os.PathLike | LoadedModel | None") -> tuple[bytes, EncodeStats]:
+    """Effort 1: every image as the smallest of PNG, WebP and JPEG-XL, no bits-back. A lone
+    image is a compact file (no model needed); a stream's images are embedded records."""
+    recs = []
+    for i, p in enumerate(pics):
+        rec = fmt.ImageRecord(p.mode, p.width, p.height, fmt.METHOD_EMBED, embedded=_embed(p),
+                              meta=_record_meta(p), name=(names[i] if names else ""))
+        recs.append(rec)
+    if len(pics) == 1 and not names:
+        data = fmt.write_compact(recs[0], pics[0].checksum())
+    else:
+        lm = get_model(model, pick_device(device))
+        spec = encoder_chain(lm, pick_device(device), 1)
+        data = fmt.write(fmt.Header(spec, lm.config.tile, recs, checksum=_stream_checksum(pics)),
+                         np.zeros(0, np.uint32))
+    return data, EncodeStats(len(data), sum(p.array().size for p in pics), None, True, 0, 0, [], effort)
 
 
 def _as_stored(spec: ChainSpec) -> ChainSpec:
@@ -267,8 +247,17 @@ def compress(image: img.ImageLike, *, steps: int | None = None, device: "str | t
              model: "str | os.PathLike | LoadedModel | None" = None, fallback: bool = True,
              max_batch: int | None = None, max_pixels: int | None = None,
              progress: Callable[[int], None] | None = None, strip: bool = False,
-             threads: int | None = None) -> bytes:
+             threads: int | None = None, effort: int | None = None, adapt: int | None = None,
+             float_model: "str | os.PathLike | LoadedModel | None" = None) -> bytes:
     """Encode one image (numpy uint8 HxW / HxWx3 / HxWx4, PIL image or path) to .mlc bytes.
+
+    `effort` 1..9 (default 7, like cjxl's -e) picks T and the adaptation budget together
+    (`chainspec.EFFORTS`: 1 = the smallest of PNG/WebP/JPEG-XL, no model; 7 = the model's
+    T, today's files; 9 = T 100 with 100 fine-tuning steps); `steps` and `adapt` override it.
+    `adapt` N fine-tunes the integer model's float model (`float_model`, default: the
+    installed one it was made from) on the image for N steps and stores the quantised
+    deltas when they pay for themselves (format version 4; `EncodeStats.adapt` says what
+    happened). A float model's files are not adapted (an explicit `adapt` is refused).
 
     With `fallback` (the default) a file stores an embedded PNG/WebP/JPEG-XL instead when
     that is smaller: a lone small image cannot amortise bits-back's start-up cost.
@@ -280,7 +269,8 @@ def compress(image: img.ImageLike, *, steps: int | None = None, device: "str | t
     """
     return compress_with_stats(image, steps=steps, device=device, model=model, fallback=fallback,
                                max_batch=max_batch, max_pixels=max_pixels, progress=progress,
-                               strip=strip, threads=threads)[0]
+                               strip=strip, threads=threads, effort=effort, adapt=adapt,
+                               float_model=float_model)[0]
 
 
 def compress_with_stats(image: img.ImageLike, **kw: object) -> tuple[bytes, EncodeStats]:
@@ -295,15 +285,18 @@ def compress_many(images: Iterable[img.ImageLike], *, steps: int | None = None,
                   model: "str | os.PathLike | LoadedModel | None" = None, max_batch: int | None = None,
                   max_pixels: int | None = None, names: Sequence[str] | None = None,
                   progress: Callable[[int], None] | None = None, strip: bool = False,
-                  threads: int | None = None) -> bytes:
+                  threads: int | None = None, effort: int | None = None, adapt: int | None = None,
+                  float_model: "str | os.PathLike | LoadedModel | None" = None) -> bytes:
     """Encode many images into one stream: bits-back's start-up cost is paid once.
 
     `names` (optional, one per image, no newlines) are stored so a decoder can
-    restore file names. `threads` as for `compress`.
+    restore file names. `threads`, `effort`, `adapt` (on all the images together) and
+    `float_model` as for `compress`.
     """
     return compress_many_with_stats(images, steps=steps, device=device, model=model,
                                     max_batch=max_batch, max_pixels=max_pixels, names=names,
-                                    progress=progress, strip=strip, threads=threads)[0]
+                                    progress=progress, strip=strip, threads=threads, effort=effort,
+                                    adapt=adapt, float_model=float_model)[0]
 
 
 def compress_many_with_stats(images: Iterable[img.ImageLike], *, max_pixels: int | None = None,
@@ -338,7 +331,7 @@ def model_for_file(model: "str | os.PathLike | LoadedModel | None", mid: str,
 
 def read_header(data: bytes, max_pixels: int | None = None) -> fmt.Header:
     """The validated header of a file (no model needed)."""
-    return fmt.read(data, img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)[0]
+    return read_file(data, img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)[0]
 
 
 def check_work(h: fmt.Header, max_work: int | None = None) -> None:
@@ -377,6 +370,11 @@ def _decoder_model(h: fmt.Header, model: "str | os.PathLike | LoadedModel | None
                           f"{lm.path} is {have} one")
     if lm.config.tile != h.tile:
         raise DecodeError("tile size in the file does not match the model")
+    if chain.adaptation is not None:  # the file's deltas, added to a copy of the named model
+        try:
+            lm = dataclasses.replace(lm, model=adapted_model(lm.model, lm.config, chain.adaptation))
+        except DeltaError as e:
+            raise DecodeError(str(e)) from None
     return lm, dev
 
 
@@ -401,7 +399,7 @@ def _decode(data: bytes, device: "str | torch.device | None", model: "str | os.P
             max_pixels: int | None, progress: Callable[[int], None] | None,
             max_work: int | None = None, threads: int | None = None) -> list[img.Picture]:
     limit = img.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    h, payload = fmt.read(bytes(data), limit)
+    h, payload = read_file(bytes(data), limit)
     check_work(h, max_work)
     coded = any(rec.method == fmt.METHOD_MODEL for rec in h.images)
     lm, dev = _decoder_model(h, model, device, threads) if coded else (None, torch.device("cpu"))
@@ -471,27 +469,6 @@ def _with_env_hint(msg: str, chain: ChainSpec, dev: torch.device) -> str:
         msg += (f" (constriction {have} is installed, but mulancodec codes with constriction "
                 f"{_codecs.CONSTRICTION_VERSION}: pip install constriction=={_codecs.CONSTRICTION_VERSION})")
     return msg
-
-
-def _assemble(rec: fmt.ImageRecord, rgb: np.ndarray) -> img.Picture:
-    try:
-        alpha = img.png_plane(rec.alpha, rec.height, rec.width) if rec.mode in ("LA", "RGBA") else None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DecodeError(f"corrupt alpha plane ({e})") from None
-    if rec.mode in ("L", "LA"):
-        return img.Picture(rec.mode, rec.height, rec.width, rgb, alpha=alpha)
-    if rec.mode in ("RGB", "RGBA"):
-        return img.Picture(rec.mode, rec.height, rec.width, rgb, alpha=alpha)
-    first = img.first_index_of_colour(rec.palette, rec.palette_mode)
-    keys = rgb.astype(np.int64) @ np.array([65536, 256, 1])
-    uniq, inv = np.unique(keys, return_inverse=True)
-    try:
-        lut = np.array([first[k] for k in uniq.tolist()], dtype=np.uint8)
-    except KeyError:
-        raise DecodeError("decoded colour is not in the palette (corrupt file)") from None
-    idx = lut[inv.reshape(rgb.shape[:2])]
-    return img.Picture("P", rec.height, rec.width, rgb, indices=idx, palette=rec.palette,
-                       palette_mode=rec.palette_mode, transparency=rec.transparency)
 
 
 def decompress_pictures(data: bytes, *, device: "str | torch.device | None" = None,

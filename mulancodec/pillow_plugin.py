@@ -2,7 +2,8 @@
 
 Reading decodes the whole file on first access to the pixels (a stream file
 exposes its images as frames: `im.n_frames`, `im.seek(i)`). Saving accepts the
-keyword arguments of `mulancodec.compress` (steps, device, model, fallback, strip).
+keyword arguments of `mulancodec.compress` (steps, device, model, fallback, strip, effort,
+adapt).
 The image's metadata (ICC profile, EXIF, XMP, text, dpi, gamma...) is in `im.info`
 from open on, under the keys Pillow's PNG reader uses, and is saved from there.
 
@@ -47,7 +48,7 @@ class MlcImageFile(ImageFile.ImageFile):
         self._set_frame_info(0)
 
     def _set_frame_info(self, frame: int) -> None:
-        from .metadata import Metadata, MetadataError
+        from .imaging.metadata import Metadata, MetadataError
 
         rec = self._mlc_header.images[frame]
         try:
@@ -86,7 +87,8 @@ class MlcImageFile(ImageFile.ImageFile):
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     from .api import compress
 
-    opts = {k: v for k, v in im.encoderinfo.items() if k in ("steps", "device", "model", "fallback", "strip")}
+    keys = ("steps", "device", "model", "fallback", "strip", "effort", "adapt")
+    opts = {k: v for k, v in im.encoderinfo.items() if k in keys}
     fp.write(compress(im, **opts))
 
 

@@ -1,24 +1,21 @@
-"""Model files: safetensors weights with the config embedded, a content hash, and the zoo.
+"""Model files: safetensors weights with the config embedded, and a content hash.
 
 A model is one ``.safetensors`` file whose metadata holds the JSON model config,
 so nothing else is needed to rebuild it; nothing is ever unpickled. The model id
 is a hash of the config and the tensors, so a file coded with one model is
-never decoded with another. An integer model (`model.integer`, made by
+never decoded with another. An integer model (`exact.integer`, made by
 `quantize`; it codes format version 3, which decodes on any machine) is such a
 file too, of format ``mulancodec-integer-model``, with its integer scheme in the
 metadata, its tensors as they are, and an id of its own.
 
-The shipped models are named: ``models/<name>/model.safetensors`` (with its
-config.json and MODEL_CARD.md) in a source checkout, or the same under
-``<prefix>/share/mulancodec/models`` after pip install. A decoder finds the
-model a file was made with by its id among them.
+Which file a model name means is `zoo`'s job; this module reads and writes the files
+and builds the model a file's format names (`FORMATS`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,21 +24,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .exact.integer import SCHEMES, IntegerMuLAN
+from .exact.intops import QConv
 from .model.configs import ModelConfig
-from .model.integer import SCHEMES, IntegerMuLAN
-from .model.intops import QConv
 from .model.mulan import MuLAN
+from .zoo import ModelFileError, read_metadata, resolve_model_path
 
-ENV_MODEL = "MULANCODEC_MODEL"
-# The default for encoding: the photo model, as an integer model, so that a file made
-# with the defaults decodes on any machine (format version 3); `photo` is its float model.
-DEFAULT_MODEL = "photo-int"
-WEIGHTS_NAME = "model.safetensors"
 FLOAT_FORMAT, INTEGER_FORMAT = "mulancodec-model", "mulancodec-integer-model"
-
-
-class ModelFileError(Exception):
-    """A model file is missing, unreadable or not a mulancodec model."""
 
 
 @dataclass(frozen=True)
@@ -86,14 +75,6 @@ def _write(state: dict[str, torch.Tensor], path: str | os.PathLike, meta: dict[s
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as e:  # safetensors raises several types for bad files
-        raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def integer_model_id(config_json: str, scheme: str, state: dict[str, torch.Tensor]) -> str:
@@ -184,50 +165,3 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     model.load_state_dict(state, strict=True)
     model.eval().requires_grad_(False).to(device)
     return LoadedModel(model, cfg, model_id(meta["config"], state), p, meta)
-
-
-def _zoo_roots() -> list[Path]:
-    here = Path(__file__).resolve().parent
-    return [here.parent / "models",  # a source checkout or editable install
-            Path(sys.prefix) / "share" / "mulancodec" / "models"]  # pip install
-
-
-def shipped_models() -> dict[str, Path]:
-    """Every installed named model: name -> weights file (a source checkout's first)."""
-    found: dict[str, Path] = {}
-    for root in _zoo_roots():
-        if root.is_dir():
-            for d in sorted(root.iterdir()):
-                f = d / WEIGHTS_NAME
-                if f.is_file() and d.name not in found:
-                    found[d.name] = f
-    return found
-
-
-def find_shipped(mid: str) -> Path | None:
-    """The installed model whose id is `mid` (as its file's metadata states), if any."""
-    for path in shipped_models().values():
-        try:
-            if read_metadata(path).get("model_id") == mid:
-                return path
-        except ModelFileError:
-            continue
-    return None
-
-
-def resolve_model_path(path: str | os.PathLike | None) -> Path:
-    """A shipped model's name or a path > $MULANCODEC_MODEL > the default; a clear error otherwise."""
-    if path is None:
-        path = os.environ.get(ENV_MODEL) or DEFAULT_MODEL
-    zoo = shipped_models()
-    if str(path) in zoo:
-        return zoo[str(path)]
-    p = Path(path)
-    if p.is_dir():
-        if (p / WEIGHTS_NAME).is_file():
-            return p / WEIGHTS_NAME
-        raise ModelFileError(f"{p}: no {WEIGHTS_NAME} in this directory")
-    if not p.is_file():
-        names = ", ".join(zoo) or "none installed"
-        raise ModelFileError(f"{path}: no such model name or file (shipped models: {names})")
-    return p

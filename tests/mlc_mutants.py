@@ -7,6 +7,10 @@ CRCs of a mutated file so the mutation reaches the checks behind them;
 `rewrite` re-serialises a file through `container.read`/`container.write` with
 edited header fields (valid CRCs, arbitrary field values).
 
+`build_adapted` makes a tiny integer model (and the float model it comes from) and
+adapted files (format version 4, an adaptation block in the header) for the delta
+block's mutants; `adapt_block_edits` lists hostile replacements of that block.
+
 `check_decode` states the decoding guarantee for one byte string: it returns
 exactly the pictures that were encoded, or it raises one of the documented
 exception types with a one-line message; anything else (another exception type,
@@ -15,8 +19,8 @@ a Rust panic, a warning, a run past the time bound) is a failure.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import dataclasses
+import hashlib
 import io
 import signal
 import struct
@@ -27,14 +31,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from conftest import smooth_image
 from PIL import Image
 
 import mulancodec as mc
-from mulancodec import image as img
 from mulancodec.coding import container as fmt
 from mulancodec.coding.chainspec import ChainSpec, Machine
-
-from conftest import smooth_image
+from mulancodec.coding.reader import read_file
+from mulancodec.imaging import image as img
 
 DOCUMENTED = (mc.FormatError, mc.DecodeError, mc.ModelFileError, mc.ImageError)
 STEPS = 2
@@ -110,6 +114,87 @@ def _build_corpus(model) -> list[Sample]:
     return out
 
 
+def tiny_int_pair(folder) -> tuple:
+    """(float model, its integer model): tiny-lv, saved in `folder` as float.safetensors and
+    int.safetensors (the integer model records the float model's id)."""
+    from conftest import make_tiny_model
+
+    from mulancodec.exact.quantize import quantize
+    from mulancodec.training.data import RandomCrops
+    from mulancodec.weights import load_model, save_integer_model, save_model
+
+    fid = save_model(make_tiny_model(0, "tiny-lv"), folder / "float.safetensors")
+    flm = load_model(folder / "float.safetensors")
+    rng = np.random.default_rng(4)
+    qm = quantize(flm.model, RandomCrops([smooth_image(rng, 48, 48, 3) for _ in range(3)], 16, 8, 0).batch(0, 16))
+    save_integer_model(qm, folder / "int.safetensors", fid)
+    return flm, load_model(folder / "int.safetensors")
+
+
+def build_adapted(folder) -> tuple:
+    """(the tiny integer model, [adapted Samples]): `tiny_int_pair`'s models, an RGB image
+    and a stream of two coded with --adapt 12 at T=2, the deltas kept whatever they save (the
+    rule is tested in test_adapt.py)."""
+    from mulancodec.adapt import encoder
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        flm, ilm = tiny_int_pair(folder)
+        rng = np.random.default_rng(5)
+        rgb, grey = smooth_image(rng, 40, 36, 3), smooth_image(rng, 20, 17, 1)[..., 0]
+        out = []
+        with kept(encoder):
+            for name, images in (("adapted", [rgb]), ("adapted-stream", [rgb, grey])):
+                data = mc.compress_many(images, model=ilm, steps=STEPS, adapt=12, float_model=flm)
+                assert mc.read_header(data).chain.adaptation is not None
+                pics = [img.load(x) for x in images]
+                out.append(Sample(name, data, tuple(p.checksum() for p in pics), tuple(p.array() for p in pics)))
+        return ilm, out
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def kept(encoder) -> Iterator[None]:
+    """Adaptation keeps its deltas, whatever they save."""
+    old = encoder.pays
+    encoder.pays = lambda report: True
+    try:
+        yield
+    finally:
+        encoder.pays = old
+
+
+def adapt_block_edits(a, rng: np.random.Generator) -> dict[str, object]:
+    """Hostile versions of an adaptation block (`AdaptBlock`), by name; the block's other
+    fields as they were. Each must be refused or decode to the encoded pixels."""
+    w = np.frombuffer(a.words, "<u4").copy()
+    flipped = w.copy()
+    flipped[rng.integers(0, len(w))] ^= np.uint32(1 << int(rng.integers(0, 32)))
+    scales = bytearray(a.scales)
+    scales[int(rng.integers(0, len(scales)))] = int(rng.integers(0, 256))
+    r = dataclasses.replace
+    return {
+        "subset 1": r(a, subset=1), "subset 7": r(a, subset=7), "subset 255": r(a, subset=255),
+        "step 2^-1": r(a, step_exps=(1, 1, 1)), "step 2^-30": r(a, step_exps=(30, 30, 30)),
+        "step exps 0": r(a, step_exps=(0, 7, 7)), "step exps 31": r(a, step_exps=(7, 31, 7)),
+        "two kinds": r(a, step_exps=(7, 7)),
+        "params - 1": r(a, params=a.params - 1), "params + 1": r(a, params=a.params + 1),
+        "params 2^20": r(a, params=1 << 20), "params 2^20 + 1": r(a, params=(1 << 20) + 1),
+        "one tensor fewer": r(a, scales=a.scales[:-1]), "one tensor more": r(a, scales=a.scales + b"\x60"),
+        "no tensors": r(a, scales=b""), "a scale code changed": r(a, scales=bytes(scales)),
+        "every scale code 255": r(a, scales=b"\xff" * len(a.scales)),
+        "every scale code 1": r(a, scales=b"\x01" * len(a.scales)),
+        "every tensor zero": r(a, scales=b"\0" * len(a.scales)),
+        "a word flipped": r(a, words=flipped.astype("<u4").tobytes()),
+        "top word dropped": r(a, words=a.words[:-4]), "bottom word dropped": r(a, words=a.words[4:]),
+        "a word added": r(a, words=a.words + b"\x01\0\0\0"), "top word zero": r(a, words=a.words[:-4] + bytes(4)),
+        "no words": r(a, words=b""), "random words": r(a, words=rng.integers(1, 2 ** 32, len(w), dtype=np.uint32)
+                                                     .astype("<u4").tobytes()),
+    }
+
+
 # -- byte-level helpers ------------------------------------------------------------------
 
 def varint_at(b: bytes, p: int) -> tuple[int, int] | None:
@@ -178,7 +263,7 @@ def frame(header: bytes, body: bytes, version: int = fmt.FLOAT_VERSION) -> bytes
 
 
 def parts(data: bytes) -> tuple[fmt.Header, np.ndarray]:
-    return fmt.read(data, 0)
+    return read_file(data, 0)
 
 
 CHAIN_FIELDS = {f.name for f in dataclasses.fields(ChainSpec)}
@@ -244,7 +329,7 @@ def time_limit(seconds: float) -> Iterator[None]:
 def declared_work(data: bytes, max_pixels: int) -> int:
     """Tile-steps the header asks the decoder for (0 if it does not parse)."""
     try:
-        h = fmt.read(data, max_pixels)[0]
+        h = read_file(data, max_pixels)[0]
     except fmt.FormatError:
         return 0
     return fmt.declared_work(h)

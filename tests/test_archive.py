@@ -6,19 +6,20 @@ import io
 import struct
 from pathlib import Path
 
+import mlc_mutants as mm
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import CIFAR10_MODEL, CIFAR_TEST, need, smooth_image
 from PIL import Image, PngImagePlugin
 
 import mulancodec as mc
-from mulancodec import jxl
 from mulancodec.cli import EXIT_INPUT, EXIT_MODEL, EXIT_OK, main
 from mulancodec.coding import container as fmt
-from mulancodec.metadata import MAX_ITEM_BYTES, Metadata
-
-import mlc_mutants as mm
-from conftest import CIFAR10_MODEL, CIFAR_TEST, need, smooth_image
+from mulancodec.coding.reader import read_file
+from mulancodec.imaging import jxl
+from mulancodec.imaging.metadata import MAX_ITEM_BYTES, Metadata
+from mulancodec.imaging.metadata import MAX_ITEMS as MAX_META_ITEMS
 
 ICC = bytes(range(256)) * 5 + b"icc-tail"  # opaque: metadata is stored, never parsed
 XMP = b"<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF/></x:xmpmeta>"
@@ -166,14 +167,14 @@ def test_a_claimed_huge_metadata_block_is_refused_before_allocating(corpus, lm):
         with pytest.raises(mc.FormatError, match="icc metadata|truncated|out of range"):
             mc.read_header(bad)
     h = fmt.Header(**{**mm.parts(data)[0].__dict__})
-    h.images[0].meta = [(3, b"k\0v")] * (fmt.MAX_META_ITEMS + 1)
+    h.images[0].meta = [(3, b"k\0v")] * (MAX_META_ITEMS + 1)
     with pytest.raises(mc.FormatError, match="metadata items"):
-        fmt.read(fmt.write(h, mm.parts(data)[1]))
+        read_file(fmt.write(h, mm.parts(data)[1]))
 
 
 def test_version_1_files_have_no_metadata_section():
     data = (Path(__file__).parent / "golden" / "rgb.mlc").read_bytes()
-    h = fmt.read(data, 0)[0]
+    h = read_file(data, 0)[0]
     assert h.version == 1 and h.images[0].meta == []
 
 

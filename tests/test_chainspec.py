@@ -5,18 +5,25 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import mlc_mutants as mm
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_image
 
 import mulancodec as mc
 from mulancodec.api import default_steps, encoder_chain
 from mulancodec.coding import container as fmt
-from mulancodec.coding.chainspec import (ANY_MACHINE, DEFAULT_STEPS, EXACT_VERSION, ChainSpec, Machine,
-                                         chain_steps, is_exact_version)
-
-import mlc_mutants as mm
-from conftest import smooth_image
+from mulancodec.coding.chainspec import (
+    ANY_MACHINE,
+    DEFAULT_STEPS,
+    EXACT_VERSION,
+    ChainSpec,
+    Machine,
+    chain_steps,
+    is_exact_version,
+)
+from mulancodec.coding.reader import read_file
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -67,7 +74,7 @@ def test_the_header_holds_the_chain_whole_and_writes_the_same_bytes(corpus):
 @pytest.mark.parametrize("name", sorted(p.name for p in GOLDEN.glob("*.mlc")))
 def test_golden_headers_read_into_a_spec_that_writes_them_back(name):
     data = (GOLDEN / name).read_bytes()
-    h, words = fmt.read(data, 0)
+    h, words = read_file(data, 0)
     assert h.chain.version == data[4]
     if h.chain.exact:
         assert h.chain.machine == ANY_MACHINE and (h.backend, h.threads, h.env_tag) == ("any", 0, 0)
@@ -83,6 +90,6 @@ def test_an_edited_spec_is_what_the_file_then_says(corpus):
     assert (h.chain.steps, h.chain.machine.threads, h.chain.kappa) == (5, 3, 2.0)
     exact = dataclasses.replace(mm.parts(rgb)[0])
     exact.chain = dataclasses.replace(exact.chain, version=fmt.VERSION, machine=ANY_MACHINE)
-    back = fmt.read(fmt.write(exact, mm.parts(rgb)[1]), 0)[0]
+    back = read_file(fmt.write(exact, mm.parts(rgb)[1]), 0)[0]
     assert back.chain == exact.chain and back.chain.exact  # version 3 stores no machine
     assert len(fmt.write(exact, mm.parts(rgb)[1])) < len(rgb)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import smooth_image
+from PIL import Image
 
 CLI = [sys.executable, "-m", "mulancodec.cli"]
 
@@ -115,7 +114,56 @@ def test_unsupported_mode_and_help(images, tiny_model_path):
 def test_demo_runs(images, tiny_model_path):
     r = run(["demo", "--steps", "2"], images, env_model=tiny_model_path, check=0)
     out = r.stdout.decode()
-    assert "round trip exact: yes" in out and "PNG" in out and "WebP" in out
+    assert "round trip exact: yes (effort 3, T=2;" in out and "PNG" in out and "WebP" in out
+
+
+# -- effort levels and adaptation ---------------------------------------------------------------
+
+def test_effort_levels_on_the_command_line(images, tiny_model_path, monkeypatch):
+    monkeypatch.setenv("MULANCODEC_MODEL", str(tiny_model_path))
+    for effort, steps in (("1", None), ("2", 10), ("7", 6)):
+        code, out, err = cli_in_process("encode", images / "a.png", "-o", images / f"e{effort}.mlc",
+                                        "--effort", effort, "--json", "--no-fallback")
+        assert code == 0, err
+        info = json.loads(err if not out else out)
+        assert info["effort"] == int(effort) and info["steps"] == steps and info["adapt"] is None
+        assert same(images / "a.png", _decoded(images, f"e{effort}"))
+    assert (images / "e1.mlc").read_bytes()[5] == 0  # a compact file: no model at all
+    code, _, err = cli_in_process("encode", images / "a.png", "-o", images / "x.mlc", "--adapt", "2")
+    assert code == 3 and "integer model" in err  # the tiny model is a float model
+    code, _, err = cli_in_process("encode", images / "a.png", "-o", images / "x.mlc", "--effort", "10")
+    assert code == 2
+    help_text = cli_in_process("encode", "--help")[1]
+    assert "Effort levels (--effort):" in help_text and "9: T=100, adapt 100 steps" in help_text
+    assert "--adapt" in help_text
+
+
+def _decoded(folder, stem):
+    code, _, err = cli_in_process("decode", folder / f"{stem}.mlc", "-o", folder / f"{stem}.png", "-f")
+    assert code == 0, err
+    return folder / f"{stem}.png"
+
+
+def test_encode_adapt_with_an_integer_model(images, tmp_path, monkeypatch):
+    import mlc_mutants as mm
+
+    from mulancodec import zoo
+    from mulancodec.adapt import encoder
+
+    flm, ilm = mm.tiny_int_pair(tmp_path)
+    monkeypatch.setattr(zoo, "find_shipped", lambda mid: flm.path if mid == flm.model_id else None)
+    monkeypatch.setattr(encoder, "pays", lambda report: True)
+    Image.fromarray(smooth_image(np.random.default_rng(2), 40, 40, 3)).save(images / "big.png")
+    code, out, err = cli_in_process("encode", images / "big.png", "-o", images / "big.mlc", "--adapt", "12",
+                                    "--steps", "2", "--no-fallback", "--model", ilm.path, "--json")
+    assert code == 0, err
+    rep = json.loads(out)["adapt"]
+    assert rep["kept"] and rep["steps"] == 12 and rep["delta_bytes"] > 0
+    code, out, _ = cli_in_process("info", images / "big.mlc", "--json")
+    assert json.loads(out)["adaptation"]["params"] == rep["params"]
+    code, _, err = cli_in_process("decode", images / "big.mlc", "-o", images / "big2.png", "--model", ilm.path)
+    assert code == 0, err
+    assert same(images / "big.png", images / "big2.png")
 
 
 # -- exit codes by exception type -----------------------------------------------------------
@@ -135,6 +183,7 @@ def test_corrupt_payload_exits_3_not_4(corpus, tiny_model_path, tmp_path):
     """A payload that does not decode is the file's problem (3), not the model's (4): the
     model id already matched, and the exit code follows the exception's type."""
     import mlc_mutants as mm
+
     from mulancodec.cli import EXIT_INPUT
 
     good = corpus[0].data

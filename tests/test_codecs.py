@@ -2,8 +2,17 @@
 import numpy as np
 import pytest
 
-from mulancodec.coding.codecs import (BitsBack, BitsBackStep, BitSwap, PixelGaussian, Stack,
-                                      StackUnderflow, Uniform, WindowedGaussian, seed_words)
+from mulancodec.coding.codecs import (
+    BitsBack,
+    BitsBackStep,
+    BitSwap,
+    PixelGaussian,
+    Stack,
+    StackUnderflow,
+    Uniform,
+    WindowedGaussian,
+    seed_words,
+)
 
 
 def test_windowed_gaussian_round_trip_with_escapes():

@@ -2,13 +2,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_model, smooth_image
 
 import mulancodec as mc
-from mulancodec.data import RandomCrops, image_tiles
-from mulancodec.evaluate import batch_tensors
 from mulancodec.model.context import known_window, random_known, window_pixels
-
-from conftest import make_tiny_model, smooth_image
+from mulancodec.training.data import RandomCrops, batch_tensors, image_tiles
 
 
 @pytest.fixture(scope="module")

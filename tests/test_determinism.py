@@ -14,17 +14,16 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import mlc_mutants as mm
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_image
 from PIL import Image
 
 import mulancodec as mc
 from mulancodec.api import get_model
 from mulancodec.coding import container as fmt
-
-import mlc_mutants as mm
-from conftest import smooth_image
 
 T = 2
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_model, smooth_image
 
 from mulancodec.coding.chainspec import DEFAULT_STEPS
-from mulancodec.data import RandomCrops, TileSet
-from mulancodec.evaluate import EXACT_BATCH, TERMS, evaluate
-from mulancodec.model.exactmath import EXACT, TORCH
-from mulancodec.model.mulan import LOSS, AntitheticDraws, Arithmetic, context_channels, elbo
-from mulancodec.quantcost import StratifiedDraws, elbo_terms, evaluate_steps
-from mulancodec.quantize import quantize
-
-from conftest import make_tiny_model, smooth_image
+from mulancodec.exact.exactmath import EXACT
+from mulancodec.exact.quantcost import StratifiedDraws, elbo_terms, evaluate_steps
+from mulancodec.exact.quantize import quantize
+from mulancodec.model.elementary import TORCH
+from mulancodec.model.mulan import LOSS, TERMS, AntitheticDraws, Arithmetic, context_channels, elbo
+from mulancodec.training.data import RandomCrops, TileSet
+from mulancodec.training.evaluate import EXACT_BATCH, evaluate
 
 
 class FixedDraws:

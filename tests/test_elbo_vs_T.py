@@ -16,8 +16,8 @@ from benchmarks import elbo_vs_T  # noqa: E402
 
 
 def test_bounds_are_paired_and_match_evaluate(tmp_path, tiny_model_path, other_model_path):
-    from mulancodec.data import TileSet
-    from mulancodec.evaluate import elbo_by_steps, evaluate
+    from mulancodec.training.data import TileSet
+    from mulancodec.training.evaluate import elbo_by_steps, evaluate
     from mulancodec.weights import load_model
 
     rng = np.random.default_rng(3)

@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import make_tiny_model, smooth_image
 
 import mulancodec as mc
 from mulancodec.cli import main
 from mulancodec.coding import container as fmt
-from mulancodec.data import RandomCrops
-from mulancodec.model.intops import bf16_operands, carrier
-from mulancodec.quantize import quantize
-from mulancodec.weights import ModelFileError, load_model, save_integer_model, save_model
-
-from conftest import make_tiny_model, smooth_image
+from mulancodec.exact.intops import bf16_operands, carrier
+from mulancodec.exact.quantize import quantize
+from mulancodec.training.data import RandomCrops
+from mulancodec.weights import load_model, save_integer_model, save_model
+from mulancodec.zoo import ModelFileError
 
 T = 3
 
@@ -131,7 +131,7 @@ def test_info_reports_an_integer_file(data, tmp_path):
 def test_integer_model_file_is_checked(int_path, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from mulancodec.weights import read_metadata
+    from mulancodec.zoo import read_metadata
 
     state, meta = load_file(str(int_path)), read_metadata(int_path)
     bad = tmp_path / "bad.safetensors"
@@ -193,7 +193,7 @@ def test_encode_with_2_threads_decode_with_1_and_3(int_path, data, image, tmp_pa
 def test_eval_gives_an_integer_models_bound_at_T(int_path, layout, tmp_path):
     """`eval` of an integer model: -ELBO_T from the codec's definitions (no continuous bound),
     close to its float model's on the same tiles, and T = 0 refused in one line."""
-    from mulancodec.quantcost import difference, paired_elbo, stratified_k
+    from mulancodec.exact.quantcost import difference, paired_elbo, stratified_k
 
     rng = np.random.default_rng(9)
     np.savez(tmp_path / "d.npz", x=np.stack([smooth_image(rng, 32, 32, 3) for _ in range(6)]))
@@ -202,7 +202,7 @@ def test_eval_gives_an_integer_models_bound_at_T(int_path, layout, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert res["bpd"] is None and res["strata"] == stratified_k(6) == 6 and res["n_images"] == 24
-    from mulancodec.data import image_tiles, load_images
+    from mulancodec.training.data import image_tiles, load_images
 
     m = make_tiny_model(0, layout)
     tiles = image_tiles(load_images(str(tmp_path / "d.npz")), m.cfg.tile, m.cfg.context)
@@ -218,7 +218,7 @@ def test_a_tile_batch_remembers_only_the_very_same_tensors():
     """coding.bitsback.Remembering: a step's alpha and sigma are computed once per gamma tensor,
     with the bits a fresh computation gives; an equal but other tensor is computed afresh."""
     from mulancodec.coding.bitsback import Remembering
-    from mulancodec.model.exactmath import EXACT
+    from mulancodec.exact.exactmath import EXACT
     from mulancodec.model.mulan import alpha_sigma, reverse_step
 
     fns = Remembering(EXACT)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mulancodec.model import exactmath as em
+from mulancodec.exact import exactmath as em
 from mulancodec.model.mulan import alpha_sigma, decoder_params, forward_step, reverse_step
 
 X = torch.cat([torch.linspace(-40, 40, 40_001, dtype=torch.float64),

@@ -16,6 +16,9 @@ names, an embedded fallback; tiny model, T=2):
 * field mutants: the header parsed, 1-3 fields replaced by hostile values (sizes,
   counts, plan, seed, float parameters, side blobs, names, backend, model id,
   payload words), and re-serialised with valid CRCs by `container.write`;
+* adaptation mutants: adapted files (format version 4, a tiny integer model) whose
+  adaptation block is replaced by a hostile one (`mlc_mutants.adapt_block_edits`:
+  subsets, steps, counts, scale codes, words) or has its bytes flipped or overwritten;
 * CLI mutants: a few through ``python -m mulancodec.cli decode`` and dozens more
   through the same entry point in forked processes (exit status in the documented
   set, stderr exactly one ``mulancodec: error:`` line, no traceback, no output left).
@@ -46,6 +49,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import mlc_mutants as mm
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
@@ -53,8 +57,6 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mulancodec.coding import container as fmt
-
-import mlc_mutants as mm
 
 EXAMPLES = int(os.environ.get("MULANCODEC_FUZZ_EXAMPLES", "1500"))
 FIELD_EXAMPLES = max(50, EXAMPLES // 5)
@@ -303,6 +305,55 @@ def test_field_mutants(corpus, lm, data):
         OUTCOMES["field mutants"]["not writable"] += 1
         return
     run_case("field mutants", mutant, corpus, lm)
+
+
+# -- adaptation blocks (format version 4) -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory):
+    """(tiny integer model, adapted files)."""
+    return mm.build_adapted(tmp_path_factory.mktemp("adapted"))
+
+
+def test_adapted_files_decode_exactly(adapted):
+    ilm, samples = adapted
+    for s in samples:
+        assert s.data[4] == 4
+        assert mm.check_decode(s.data, samples, ilm, max_pixels=MAX_PIXELS) == "exact", s.name
+
+
+def _block_span(data: bytes) -> tuple[int, int]:
+    """Where a version-4 file's adaptation block lies (file offsets)."""
+    h, _ = mm.parts(data)
+    block = fmt.adapt_block_bytes(h.chain.adaptation)
+    start = data.index(block)
+    return start, start + len(block)
+
+
+@fuzz_settings(FIELD_EXAMPLES)
+@given(st.data())
+def test_adaptation_block_mutants(adapted, data):
+    ilm, samples = adapted
+    s = samples[data.draw(st.integers(0, len(samples) - 1), label="file")]
+    h, words = mm.parts(s.data)
+    if data.draw(st.booleans(), label="bytes"):
+        lo, hi = _block_span(s.data)
+        b = bytearray(s.data)
+        for _ in range(data.draw(st.integers(1, 4), label="edits")):
+            i = data.draw(st.integers(lo, hi - 1), label="at")
+            b[i] = data.draw(st.integers(0, 255)) if data.draw(st.booleans()) else b[i] ^ (1 << data.draw(
+                st.integers(0, 7)))
+        mutant = mm.fix_crcs(bytes(b)) if data.draw(st.booleans(), label="fix crcs") else bytes(b)
+    else:
+        edits = mm.adapt_block_edits(h.chain.adaptation, np.random.default_rng(data.draw(st.integers(0, 99))))
+        name = data.draw(st.sampled_from(sorted(edits)), label="edit")
+        mm.set_fields(h, adaptation=edits[name])
+        try:
+            mutant = fmt.write(h, words)
+        except ValueError:  # a block container.write cannot express
+            OUTCOMES["adaptation mutants"]["not writable"] += 1
+            return
+    run_case("adaptation mutants", mutant, samples, ilm)
 
 
 # -- the command line ------------------------------------------------------------------------

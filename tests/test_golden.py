@@ -4,7 +4,9 @@ The files in tests/golden/ were made by tests/golden/make_golden.py at T=3: with
 shipped CIFAR-10 model (CPU, one thread) version 1 files (FILES_V1) before version 2
 existed and version 2 files (v2_*, with metadata) before version 3; with its integer
 model (cifar10-int, integer scheme 1, two threads) version 3 files (v3_*), which decode
-anywhere, and with photo-int (integer scheme 2) v3_scheme2. They pin the
+anywhere, and with photo-int (integer scheme 2) v3_scheme2; with a tiny integer model stored
+beside them (v4_tiny_int.safetensors) v4_adapted, an adapted file (format version 4: deltas
+to the model's norms and biases in the header). They pin the
 on-disk format and the coding chain: if a change makes them decode differently
 (or not at all), either the change is a bug, or it is a format change, which needs
 a new container.VERSION and, deliberately, new golden files of that version. Files
@@ -17,22 +19,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CIFAR10_INT_MODEL, CIFAR10_MODEL, PHOTO_INT_MODEL
 
 import mulancodec as mc
 from mulancodec.api import env_tag, get_model
 from mulancodec.coding import container as fmt
-from mulancodec.model.intops import bf16_operands
-
-from conftest import CIFAR10_INT_MODEL, CIFAR10_MODEL, PHOTO_INT_MODEL
+from mulancodec.exact.intops import bf16_operands
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 FILES_V1 = ["rgb", "stream", "grey", "rgba", "palette"]
 FILES_V2 = ["v2_meta", "v2_stream", "v2_embedded"]
 FILES_V3 = ["v3_meta", "v3_stream", "v3_scheme2"]
-VERSION_OF = {**{n: 1 for n in FILES_V1}, **{n: 2 for n in FILES_V2}, **{n: 3 for n in FILES_V3}}
+FILES_V4 = ["v4_adapted"]
+TINY_INT_MODEL = GOLDEN / "v4_tiny_int.safetensors"
+VERSION_OF = {**{n: 1 for n in FILES_V1}, **{n: 2 for n in FILES_V2}, **{n: 3 for n in FILES_V3},
+              **{n: 4 for n in FILES_V4}}
 MODEL_OF = {**{n: CIFAR10_MODEL for n in FILES_V1 + FILES_V2}, **{n: CIFAR10_INT_MODEL for n in FILES_V3},
-            "v3_scheme2": PHOTO_INT_MODEL}
-FILES = FILES_V1 + FILES_V2 + FILES_V3
+            "v3_scheme2": PHOTO_INT_MODEL, "v4_adapted": TINY_INT_MODEL}
+FILES = FILES_V1 + FILES_V2 + FILES_V3 + FILES_V4
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,8 @@ def models():
 @pytest.fixture(scope="module")
 def expected() -> dict[str, np.ndarray]:
     out = {}
-    for f in ("expected.npz", "expected_v2.npz", "expected_v3.npz", "expected_v3_scheme2.npz"):
+    for f in ("expected.npz", "expected_v2.npz", "expected_v3.npz", "expected_v3_scheme2.npz",
+              "expected_v4.npz"):
         with np.load(GOLDEN / f, allow_pickle=False) as z:
             out.update({k: z[k] for k in z.files})
     return out
@@ -71,7 +76,7 @@ def test_there_are_golden_files_of_the_current_version():
                                                 "add golden files with tests/golden/make_golden.py")
 
 
-@pytest.mark.parametrize("name", FILES_V2 + FILES_V3)
+@pytest.mark.parametrize("name", FILES_V2 + FILES_V3 + FILES_V4)
 def test_golden_files_carry_their_metadata(name, models):
     from golden.make_golden import META
 
@@ -111,8 +116,32 @@ def test_version_3_golden_files_decode_under_any_threads_and_kernels(threads, ke
         torch.set_num_threads(threads)
         with torch.backends.mkldnn.flags(enabled=kernels != "no oneDNN"), \
                 bf16_operands(kernels == "oneDNN"):
-            for name in FILES_V3:
+            for name in FILES_V3 + FILES_V4:
                 pics = mc.decompress_pictures((GOLDEN / f"{name}.mlc").read_bytes(), model=models[name])
                 assert all(np.array_equal(p.array(), expected[f"{name}/{i}"]) for i, p in enumerate(pics))
     finally:
         torch.set_num_threads(old)
+
+
+def test_the_adapted_golden_file_carries_its_deltas(models):
+    h = mc.read_header((GOLDEN / "v4_adapted.mlc").read_bytes())
+    a = h.chain.adaptation
+    assert a is not None and h.model_id == models["v4_adapted"].model_id  # the base model's id
+    assert a.subset == 0 and a.params == 1267 and any(a.scales) and a.words
+
+
+def test_todays_encoder_writes_the_version_3_golden_files_again(models):
+    """Without adaptation (effort 7, --adapt 0: the defaults) an encoder writes exactly the
+    files it wrote before efforts and adaptation existed: the version-3 golden files,
+    byte for byte (an integer model's files do not depend on the machine)."""
+    from golden.make_golden import STEPS, images_v3, images_v3_scheme2
+
+    for name, ims in {**images_v3(), **images_v3_scheme2()}.items():
+        lm = models[name]
+        for kw in ({}, {"effort": 7}, {"adapt": 0}):
+            if name.endswith("stream"):
+                data = mc.compress_many(ims, model=lm, steps=STEPS, device="cpu", max_batch=2,
+                                        names=[f"s{i}.png" for i in range(len(ims))], **kw)
+            else:
+                data = mc.compress(ims[0], model=lm, steps=STEPS, device="cpu", fallback=False, **kw)
+            assert data == (GOLDEN / f"{name}.mlc").read_bytes(), (name, kw)

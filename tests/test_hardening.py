@@ -4,6 +4,10 @@
   for them (checked here with tracemalloc and a wall-clock bound).
 * A file from another backend, format version or model is refused with a
   message saying which and what to do; the pixel checksum is checked on every decode.
+* An adapted file's delta block (format version 4) is header data from a stranger: its
+  counts and sizes are bounded before anything is allocated, it must fit the model's
+  own tensors, its deltas cannot exceed a fixed bound, and a hostile one is refused with
+  one line (exit 3), never a traceback, a hang or wrong pixels.
 * Model files are read with safetensors only: nothing is unpickled.
 * Encoding refuses unreadable or unsupported inputs before any work starts and
   never writes an output onto its own input, even with -f (exit 5).
@@ -16,19 +20,18 @@ import pickle
 import time
 import tracemalloc
 
+import mlc_mutants as mm
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import make_tiny_model, smooth_image
 from PIL import Image
 
 import mulancodec as mc
 from mulancodec.cli import EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, main
 from mulancodec.coding import container as fmt
 from mulancodec.weights import load_model
-
-import mlc_mutants as mm
-from conftest import make_tiny_model, smooth_image
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +191,7 @@ def test_embedded_only_files_decode_anywhere(corpus, lm):
     assert mm.check_decode(data, corpus, lm) == "exact"
 
 
-@pytest.mark.parametrize("version", [0, fmt.VERSION + 1, 255])
+@pytest.mark.parametrize("version", [0, max(fmt.READ_VERSIONS) + 1, 255])
 def test_other_format_version_is_refused(rgb, lm, version, tmp_path):
     data = mm.fix_crcs(rgb[:4] + bytes([version]) + rgb[5:])
     with pytest.raises(mc.FormatError, match=f"format version {version} is not supported.*upgrade"):
@@ -417,3 +420,96 @@ def test_decode_failure_leaves_no_output(corpus, tmp_path, tiny_model_path):
                     str(tiny_model_path))
     assert code == EXIT_OUTPUT and "cannot save a P image as PPM" in one_line_error(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.mlc"]
+
+
+# -- adaptation blocks (format version 4) ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory):
+    """(tiny integer model, adapted files), and the folder with both models."""
+    folder = tmp_path_factory.mktemp("adapted")
+    return (*mm.build_adapted(folder), folder)
+
+
+def _with_block(data: bytes, block) -> bytes:
+    h, words = mm.parts(data)
+    return fmt.write(mm.set_fields(h, adaptation=block), words)
+
+
+def test_hostile_adaptation_blocks_are_refused(adapted):
+    ilm, samples, _ = adapted
+    data = samples[0].data
+    a = mm.parts(data)[0].chain.adaptation
+    for name, block in mm.adapt_block_edits(a, np.random.default_rng(0)).items():
+        if name == "two kinds":
+            with pytest.raises(ValueError):
+                _with_block(data, block)
+            continue
+        with pytest.raises((mc.FormatError, mc.DecodeError)) as info:
+            with mm.time_limit(20):
+                mc.decompress_pictures(_with_block(data, block), model=ilm)
+        assert "\n" not in str(info.value), name
+
+
+def test_the_largest_deltas_a_file_can_hold_are_harmless(adapted):
+    """Every adapted parameter moved by the most a block allows (4), or by the least: the
+    network runs, and the file is refused by its checksum, not by a crash."""
+    from mulancodec.adapt import deltas as D
+    from mulancodec.adapt.params import adapt_tensors
+
+    ilm, samples, _ = adapted
+    data = samples[0].data
+    a = mm.parts(data)[0].chain.adaptation
+    tensors = adapt_tensors(ilm.config, a.subset)
+    rng = np.random.default_rng(1)
+    for e in (1, 12, 30):
+        lim = D.q_limit(e)
+        q = [rng.choice([-lim, lim], t.numel).astype(np.int64) for t in tensors]
+        block = D.encode(D.Deltas(a.subset, (e, e, e), q), tensors)
+        assert max(float(np.abs(v).max()) for v in D.decode(block, tensors).values(tensors)) <= D.MAX_DELTA
+        with pytest.raises(mc.DecodeError):
+            with mm.time_limit(20):
+                mc.decompress_pictures(_with_block(data, block), model=ilm)
+
+
+def test_absurd_adaptation_claims_are_refused_before_allocating(adapted):
+    ilm, samples, _ = adapted
+    data = samples[0].data
+    a = mm.parts(data)[0].chain.adaptation
+    head = fmt.adapt_block_bytes(a)
+    # the block's counts replaced by their bounds, with nothing behind them
+    claims = {"2^20 parameters, the most words they allow": bytes([a.subset, *a.step_exps])
+              + mm.varint(1 << 20) + mm.varint(4096) + a.scales + mm.varint(fmt.max_adapt_words(1 << 20)),
+              "4096 tensors": bytes([a.subset, *a.step_exps]) + mm.varint(a.params) + mm.varint(4096)}
+    hs, he, ps, pe = mm.sections(data)
+    hb = data[hs:he]
+    for name, claim in claims.items():
+        mutant = mm.frame(hb.replace(head, claim), data[ps:pe], version=4)
+        tracemalloc.start()
+        try:
+            with pytest.raises(mc.FormatError, match="truncated|out of range"):
+                mc.decompress_pictures(mutant, model=ilm)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 << 20, name
+
+
+def test_cli_shows_and_refuses_adaptation_blocks(adapted, tmp_path):
+    _, samples, folder = adapted
+    good = tmp_path / "a.mlc"
+    good.write_bytes(samples[0].data)
+    r = CliRunner().invoke(main, ["info", str(good), "--json"])
+    info = json.loads(r.stdout)
+    a = mm.parts(samples[0].data)[0].chain.adaptation
+    assert info["format_version"] == 4 and info["adaptation"]["params"] == a.params
+    assert info["adaptation"]["bytes"] == len(fmt.adapt_block_bytes(a))
+    r = CliRunner().invoke(main, ["info", str(good)])
+    assert "adapted to the image: norms+biases" in r.stdout
+    bad = tmp_path / "b.mlc"
+    bad.write_bytes(_with_block(samples[0].data, mm.adapt_block_edits(a, np.random.default_rng(0))["subset 1"]))
+    code, err = cli("decode", str(bad), "-o", str(tmp_path / "out.png"), "--model", str(folder / "int.safetensors"))
+    assert code == EXIT_INPUT and "adaptation block" in one_line_error(err)
+    assert not (tmp_path / "out.png").exists()
+    code, err = cli("decode", str(good), "-o", str(tmp_path / "ok.png"), "--model", str(folder / "int.safetensors"))
+    assert code == 0 and np.array_equal(np.asarray(Image.open(tmp_path / "ok.png")), samples[0].arrays[0])

@@ -14,15 +14,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from mulancodec.data import RandomCrops
-from mulancodec.evaluate import batch_tensors
-from mulancodec.model import exactmath as em
-from mulancodec.model.intops import Tables, bf16_operands, carrier, chunk_sums
-from mulancodec.model.mulan import alpha_sigma, reverse_step, to_unit
-from mulancodec.quantize import quantize
-
 from conftest import make_tiny_model, smooth_image
+
+from mulancodec.exact import exactmath as em
+from mulancodec.exact.intnorm import Tables
+from mulancodec.exact.intops import bf16_operands, carrier, chunk_sums
+from mulancodec.exact.quantize import quantize
+from mulancodec.model.mulan import alpha_sigma, reverse_step, to_unit
+from mulancodec.training.data import RandomCrops, batch_tensors
 
 B = 16  # a batch this large takes NNPACK's path when oneDNN is off
 

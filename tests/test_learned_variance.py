@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_model, smooth_image
 
 from mulancodec.model import CONFIGS, MuLAN
 from mulancodec.model.configs import TrainConfig
-from mulancodec.train import TrainArgs, train, warm_start
-
-from conftest import make_tiny_model, smooth_image
+from mulancodec.training.loop import TrainArgs, train, warm_start
 
 
 @pytest.fixture(scope="module")

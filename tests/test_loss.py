@@ -2,13 +2,19 @@
 import math
 
 import torch
+from conftest import make_tiny_model
 from torch.distributions import Normal, kl_divergence
 
 from mulancodec.model.latent import std_normal_kl
-from mulancodec.model.mulan import (alpha_sigma, decoder_params, discretized_gaussian_nll, forward_step,
-                                    reverse_step, reverse_step_kl, to_unit)
-
-from conftest import make_tiny_model
+from mulancodec.model.mulan import (
+    alpha_sigma,
+    decoder_params,
+    discretized_gaussian_nll,
+    forward_step,
+    reverse_step,
+    reverse_step_kl,
+    to_unit,
+)
 
 
 def test_kl_formula_matches_torch_distributions():

@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import smooth_image
 from PIL import Image
 
 import mulancodec as mc
 from mulancodec.cli import main
-from conftest import smooth_image
 
 CLI = [sys.executable, "-m", "mulancodec.cli"]
 NAMES = ("a", "b", "c")

@@ -1,10 +1,9 @@
 """Pillow plugin: Image.open / Image.save of .mlc with the original mode."""
 import numpy as np
+from conftest import smooth_image
 from PIL import Image
 
 import mulancodec  # noqa: F401  (registers the plugin)
-
-from conftest import smooth_image
 
 
 def test_save_and_open(tmp_path, use_tiny_model, rng):

@@ -9,17 +9,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_model, smooth_image, training_like_inputs
 from safetensors.torch import load_file
 
 import mulancodec as mc
-from mulancodec import qat
-from mulancodec.data import RandomCrops
-from mulancodec.evaluate import batch_tensors
-from mulancodec.quantize import quantize
-from mulancodec.train import TrainArgs, train
+from mulancodec.exact import qat
+from mulancodec.exact.quantize import quantize
+from mulancodec.training.data import RandomCrops, batch_tensors
+from mulancodec.training.loop import TrainArgs, train
 from mulancodec.weights import load_model, save_integer_model
-
-from conftest import make_tiny_model, smooth_image, training_like_inputs
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import CIFAR10_LV_MODEL, CIFAR10_MODEL, smooth_image
 
 from mulancodec.coding import bitsback
 from mulancodec.coding.bitsback import ChainSpec, TileBatch, encode_batch
 from mulancodec.coding.codecs import Stack
-from mulancodec.image import TileJob
-
-from conftest import CIFAR10_LV_MODEL, CIFAR10_MODEL, smooth_image
+from mulancodec.imaging.image import TileJob
 
 T = 20
 # The coder may cost a little more than -ELBO_T (measured +0.18 bpd at T = 20 here: the
@@ -47,7 +46,7 @@ def learned_variance_model(model):
     """The trained model with a learned reverse variance (mse-hat varying by subpixel around
     0.3) and learned end points moved off the config's: the chain must still pay -ELBO_T."""
     from mulancodec.model.mulan import MuLAN
-    from mulancodec.train import warm_start
+    from mulancodec.training.loop import warm_start
 
     cfg = dataclasses.replace(model.cfg, reverse_variance="learned", learned_ends=True)
     lv = MuLAN(cfg).eval()

@@ -7,12 +7,11 @@ tiles is compared with the integer model's -ELBO_T summed over every step
 """
 import numpy as np
 import torch
-
-from mulancodec.quantcost import StratifiedDraws, elbo_terms
-from mulancodec.weights import load_model
-
 from conftest import CIFAR10_INT_MODEL, smooth_image
 from test_rate import MAX_OVERHEAD, N_TILES, T, coded_rate
+
+from mulancodec.exact.quantcost import StratifiedDraws, elbo_terms
+from mulancodec.weights import load_model
 
 
 def test_integer_rate_matches_its_elbo():

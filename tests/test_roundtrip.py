@@ -1,13 +1,13 @@
 """Exact round trips for every mode and many sizes, streams, determinism, and refusals."""
 import numpy as np
 import pytest
+from conftest import smooth_image
 from PIL import Image
 
 import mulancodec as mc
 from mulancodec.api import compress_with_stats
 from mulancodec.coding import container
-
-from conftest import smooth_image
+from mulancodec.coding.reader import read_file
 
 SIZES = [(1, 1), (7, 13), (32, 32), (45, 70)]
 
@@ -115,7 +115,7 @@ def test_payload_corruption_never_returns_wrong_pixels(tiny_model_path, rng):
     """Rewrite the file (valid CRCs) around flipped payload bits: decoding must still refuse."""
     a = smooth_image(rng, 16, 16, 3)
     data = mc.compress(a, model=tiny_model_path, steps=3, fallback=False)
-    h, words = container.read(data)
+    h, words = read_file(data)
     for i in (0, len(words) // 2, len(words) - 2):
         w = words.copy()
         w[i] ^= np.uint32(1 << 7)

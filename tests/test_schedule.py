@@ -1,10 +1,9 @@
 """The noise schedule: monotone, pinned at both ends, closed-form derivative."""
 import torch
+from conftest import make_tiny_model
 
 from mulancodec.model import CONFIGS, MuLAN
 from mulancodec.model.schedule import Schedule
-
-from conftest import make_tiny_model
 
 
 def random_schedule(seed: int = 0) -> Schedule:

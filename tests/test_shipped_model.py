@@ -1,12 +1,12 @@
 """The shipped model: it loads by default, round-trips real images, and beats nothing by accident."""
 import numpy as np
 import pytest
+from conftest import CIFAR_TEST, need
 
 import mulancodec as mc
-from mulancodec.sample import landscape
-from mulancodec.weights import ModelFileError, load_model
-
-from conftest import CIFAR_TEST, need
+from mulancodec.imaging.sample import landscape
+from mulancodec.weights import load_model
+from mulancodec.zoo import ModelFileError
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import smooth_image
 from safetensors.torch import load_file
 
 from mulancodec.cli import main
-from mulancodec.train import TrainArgs, train
-
-from conftest import smooth_image
+from mulancodec.training.loop import TrainArgs, train
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +149,11 @@ def test_warm_start_copies_shared_weights_and_zeroes_context(tmp_path):
     """--init from a model without context: every shared tensor is copied and the context
     inputs of the first convolution start at zero; a model that does not fit is refused."""
     import torch
+    from conftest import make_tiny_model
 
     from mulancodec.model import CONFIGS, MuLAN
-    from mulancodec.train import warm_start
+    from mulancodec.training.loop import warm_start
     from mulancodec.weights import save_model
-
-    from conftest import make_tiny_model
 
     old = make_tiny_model(seed=2)
     save_model(old, tmp_path / "old.safetensors")

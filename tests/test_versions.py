@@ -11,6 +11,7 @@ import configparser
 import json
 from pathlib import Path
 
+import mlc_mutants as mm
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -19,8 +20,6 @@ import mulancodec as mc
 from mulancodec.cli import main
 from mulancodec.coding import codecs
 from mulancodec.coding import container as fmt
-
-import mlc_mutants as mm
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_tiny_model, smooth_image, training_like_inputs
 from torch import nn
 
-from mulancodec.data import RandomCrops
-from mulancodec.evaluate import batch_tensors
-from mulancodec.model import exactmath as em
-from mulancodec.model.intops import LIMB_MAX, QConv, Tables
-from mulancodec.quantize import quantize
+from mulancodec.exact import exactmath as em
+from mulancodec.exact.intnorm import Tables
+from mulancodec.exact.intops import LIMB_MAX, QConv
+from mulancodec.exact.quantize import quantize
+from mulancodec.training.data import RandomCrops, batch_tensors
 from mulancodec.weights import load_model, save_integer_model
-
-from conftest import make_tiny_model, smooth_image, training_like_inputs
 
 
 def test_a_zero_point_convolution_is_the_float_convolution_of_its_real_input():

@@ -19,8 +19,19 @@ import click
 from .. import __version__
 from .check import demo, info, verify
 from .codec import decode, encode
-from .errors import (EXIT_CODES, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPT, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT,
-                     EXIT_USAGE, CliError, classify, guarded)
+from .errors import (
+    EXIT_CODES,
+    EXIT_ERROR,
+    EXIT_INPUT,
+    EXIT_INTERRUPT,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_USAGE,
+    CliError,
+    classify,
+    guarded,
+)
 from .files import check_target, emit, read_input, write_atomic
 from .research import eval_cmd, quantize, train
 

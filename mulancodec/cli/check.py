@@ -16,7 +16,17 @@ from typing import Any
 import click
 
 from . import options
-from .errors import EXIT_CODES, EXIT_ERROR, EXIT_INPUT, EXIT_MODEL, EXIT_OK, CliError, classify, guarded, one_line
+from .errors import (
+    EXIT_CODES,
+    EXIT_ERROR,
+    EXIT_INPUT,
+    EXIT_MODEL,
+    EXIT_OK,
+    CliError,
+    classify,
+    guarded,
+    one_line,
+)
 from .files import read_input
 
 
@@ -43,6 +53,11 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
     else:
         click.echo(f"  model {h.model_id}, {h.backend} {d['precision']}, T={h.steps}, tile {h.tile}, "
                    f"{len(h.plan)} batches, {d['network_evaluations']:,} tile evaluations to decode{over}")
+    a = d["adaptation"]
+    if a:
+        click.echo(f"  adapted to the image: {a['subset']}, {a['tensors']} tensors, {a['params']:,} "
+                   f"parameters, steps 2^-{'/2^-'.join(map(str, a['step_exps']))} (norm scale/shift/bias), "
+                   f"{a['bytes']:,} bytes of deltas")
     _echo_images(d, len(h.images))
 
 
@@ -63,7 +78,7 @@ def _describe(file: str, data: bytes, max_pixels: int | None) -> tuple[dict[str,
         "threads": h.threads or None,
         "steps": h.steps, "tile": h.tile, "kappa": h.kappa, "images": len(h.images),
         "bits_per_subpixel": round(8 * len(data) / sub, 4),
-        "batches": len(h.plan), "seed_words": h.seed_words,
+        "batches": len(h.plan), "seed_words": h.seed_words, "adaptation": _adaptation(h.chain.adaptation),
         # decoding cost: one network evaluation per model-coded tile and step
         "network_evaluations": sum(tiles_in(r, h.tile) for r in h.images) * h.steps,
         # what this decoder would run with (files decode only with the pinned constriction)
@@ -74,6 +89,18 @@ def _describe(file: str, data: bytes, max_pixels: int | None) -> tuple[dict[str,
                        for r in h.images],
     }
     return d, h
+
+
+def _adaptation(a: Any) -> dict[str, Any] | None:
+    """What a version-4 file's adaptation block says (None for a file without one)."""
+    from ..adapt.params import SUBSET_NAMES
+    from ..coding.container import adapt_block_bytes
+
+    if a is None:
+        return None
+    return {"subset": SUBSET_NAMES.get(a.subset, f"unknown ({a.subset})"), "subset_id": a.subset,
+            "tensors": a.tensors, "params": a.params, "step_exps": list(a.step_exps),
+            "coded_tensors": sum(1 for c in a.scales if c), "bytes": len(adapt_block_bytes(a))}
 
 
 def _echo_images(d: dict[str, Any], n: int) -> None:
@@ -93,7 +120,7 @@ def _echo_images(d: dict[str, Any], n: int) -> None:
 
 def _meta_list(items: list[tuple[int, bytes]]) -> list[str]:
     """What metadata an image record carries, one phrase per field."""
-    from ..metadata import Metadata, MetadataError
+    from ..imaging.metadata import Metadata, MetadataError
 
     try:
         return Metadata.from_items(items).describe()
@@ -148,19 +175,28 @@ def _verify_one(f: str, model_path: str | None, device: str | None, max_pixels: 
     return f"ok ({len(pics)} image{'s' if len(pics) != 1 else ''})", EXIT_OK
 
 
+DEMO_EFFORT = 3  # T=15 on a 128x128 crop: a real round trip in well under a minute on a CPU
+DEMO_CROP = 128
+
+
 @click.command(epilog=EXIT_CODES)
 @click.argument("image", required=False)
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None, help="Diffusion steps T.")
+@click.option("-e", "--effort", type=click.IntRange(1, 9), default=DEMO_EFFORT, show_default=True,
+              help="Effort level, as for encode (the demo's default is quick; 7 is encode's).")
+@options.adapt
 @options.model
 @options.device
 @guarded
-def demo(image: str | None, steps: int | None, model_path: str | None, device: str | None) -> None:
-    """Compress a sample photograph (or IMAGE), decode it, check it, compare with PNG and WebP."""
+def demo(image: str | None, steps: int | None, effort: int, adapt: int | None, model_path: str | None,
+         device: str | None) -> None:
+    """Compress a sample photograph (or IMAGE), decode it, check it, compare with PNG, WebP and
+    JPEG-XL (a 128x128 crop of the photograph at effort 3: well under a minute on a CPU)."""
     import time
 
     import numpy as np
 
-    from ..api import compress_with_stats, decompress_pictures, default_steps, get_model, pick_device
+    from ..api import compress_with_stats, decompress_pictures, get_model, pick_device
 
     src, pic = _demo_image(image)
     dev = pick_device(device)
@@ -168,7 +204,8 @@ def demo(image: str | None, steps: int | None, model_path: str | None, device: s
     click.echo(f"image: {src}, {pic.mode} {pic.width}x{pic.height}")
     click.echo(f"model: {lm.model_id} ({lm.path.name}), device {dev}")
     t0 = time.time()
-    data, st = compress_with_stats(pic.to_pil(), steps=steps, device=dev, model=lm, fallback=False)
+    data, st = compress_with_stats(pic.to_pil(), steps=steps, device=dev, model=lm, fallback=False,
+                                   effort=effort, adapt=adapt)
     t1 = time.time()
     back = decompress_pictures(data, device=dev, model=lm)[0]
     t2 = time.time()
@@ -176,31 +213,33 @@ def demo(image: str | None, steps: int | None, model_path: str | None, device: s
     if not exact:
         raise CliError("round trip was not exact", EXIT_ERROR)
     sub = pic.array().size
-    rows = _compare(pic, len(data))
-    click.echo(f"round trip exact: yes (encode {t1 - t0:.1f}s, decode {t2 - t1:.1f}s, "
-               f"T={default_steps(lm, steps)})")
+    how = f"T={st.steps}" if st.steps else "no model"
+    rows = _compare(pic, len(data), f"mulancodec (e{st.effort}, {how})")
+    click.echo(f"round trip exact: yes (effort {st.effort}, {how}; encode {t1 - t0:.1f}s, "
+               f"decode {t2 - t1:.1f}s)")
     click.echo(f"{'codec':26} {'bytes':>8} {'bits/subpixel':>14}")
     for name, n in rows:
         click.echo(f"{name:26} {n:>8,} {8 * n / sub:>14.3f}")
     if st.first_batch_bits:
         click.echo(f"(bits-back start-up cost included above: {st.first_batch_bits:,} bits; "
-                   "it is paid once per file, so larger images and streams amortise it)")
+                   "it is paid once per file, so larger images and streams amortise it; "
+                   "encode --effort 7..9 codes with more steps)")
 
 
 def _demo_image(image: str | None) -> tuple[str, Any]:
     """(what it is, the Picture) of IMAGE, else of a sample photograph."""
-    from ..image import load
-    from ..sample import landscape, photo
+    from ..imaging.image import load
+    from ..imaging.sample import landscape, photo
 
     if image:
         return image, load(image)
-    arr, src = photo()
+    arr, src = photo(DEMO_CROP)
     if arr is None:  # no dependency ships a photograph here: the painted sample
-        arr, src = landscape(), f"{src}; a 128x96 landscape painted by mulancodec/sample.py"
+        arr, src = landscape(), f"{src}; a 128x96 landscape painted by mulancodec/imaging/sample.py"
     return src, load(arr)
 
 
-def _compare(pic: Any, mlc_bytes: int) -> list[tuple[str, int]]:
+def _compare(pic: Any, mlc_bytes: int, label: str = "mulancodec") -> list[tuple[str, int]]:
     """(codec, bytes) of the .mlc file and of the lossless codecs installed here."""
 
     def size(fmt: str, **kw: Any) -> int:
@@ -208,7 +247,7 @@ def _compare(pic: Any, mlc_bytes: int) -> list[tuple[str, int]]:
         pic.to_pil().save(buf, format=fmt, **kw)
         return len(buf.getvalue())
 
-    rows = [("mulancodec (bits-back)", mlc_bytes)]
+    rows = [(label, mlc_bytes)]
     rows.append(("PNG (optimize)", size("PNG", optimize=True)))
     with contextlib.suppress(OSError, KeyError, ValueError):
         if pic.mode in ("RGB", "RGBA"):

@@ -28,7 +28,14 @@ DECODE_THREADS_HELP = (
     "count; a float model's file (photo, cifar10) only with its own.")
 
 
-@click.command(epilog=EXIT_CODES)
+def _effort_epilog() -> str:
+    from ..coding.chainspec import effort_table
+
+    levels = "\n".join("  " + line for line in effort_table().splitlines())
+    return f"\b\nEffort levels (--effort):\n{levels}\n\n{EXIT_CODES}"
+
+
+@click.command(epilog=_effort_epilog())
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", default=None,
               help="Output file, '-' for stdout, or a folder (ending in / or existing) for many inputs.")
@@ -42,6 +49,8 @@ DECODE_THREADS_HELP = (
               help="Drop metadata (ICC profile, EXIF, XMP, text chunks, dpi, gAMA/cHRM/sRGB); "
                    "by default it is kept and restored on decode.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help=ENCODE_THREADS_HELP)
+@options.effort
+@options.adapt
 @options.jobs
 @options.model
 @options.device
@@ -51,9 +60,9 @@ DECODE_THREADS_HELP = (
 @options.max_pixels
 @guarded
 def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int | None,
-           no_fallback: bool, as_json: bool, strip: bool, threads: int | None, jobs_n: int,
-           model_path: str | None, device: str | None, force: bool, quiet: bool, verbose: bool,
-           max_pixels: int | None) -> None:
+           no_fallback: bool, as_json: bool, strip: bool, threads: int | None, effort: int | None,
+           adapt: int | None, jobs_n: int, model_path: str | None, device: str | None, force: bool,
+           quiet: bool, verbose: bool, max_pixels: int | None) -> None:
     """Compress images (PNG, TIFF, BMP, ... or '-' for stdin) to .mlc files.
 
     With several files, a file that fails is reported on its own line and the others are
@@ -61,7 +70,7 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
     """
     from ..allocator import keep_freed_memory
     from ..api import get_model, pick_device
-    from ..image import probe
+    from ..imaging.image import probe
 
     for src in inputs:  # every input is checked (format, size, mode) before any work or output
         if src != "-":
@@ -72,7 +81,8 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
     dev = pick_device(device)
     lm = get_model(model_path, dev)
     keep_freed_memory()
-    opts = {"stream": stream, "steps": steps, "fallback": not no_fallback, "strip": strip,
+    opts = {"stream": stream, "steps": steps, "effort": effort, "adapt": adapt,
+            "fallback": not no_fallback, "strip": strip,
             "threads": threads or (1 if jobs_n > 1 else None), "device": str(dev), "force": force,
             "max_pixels": max_pixels, "mkdir": output is not None and output.endswith("/"),
             "bar": not (quiet or as_json)}
@@ -90,22 +100,23 @@ def encode(inputs: tuple[str, ...], output: str | None, stream: bool, steps: int
 def encode_file(srcs: list[str], out: str, opts: dict[str, Any], model: Any) -> dict[str, Any]:
     """Encode one output file (a stream of `srcs`, or its one image); returns what to report.
     Module-level, so that worker processes can run it."""
-    from ..api import compress_many, compress_with_stats, get_model, pick_device
+    from ..api import compress_many_with_stats, compress_with_stats, get_model, pick_device
 
     dev = pick_device(opts["device"])
     lm = get_model(model, dev)
     images = [image_input(s) for s in srcs]
     kw = dict(steps=opts["steps"], device=dev, model=lm, max_pixels=opts["max_pixels"],
-              strip=opts["strip"], threads=opts["threads"])
+              strip=opts["strip"], threads=opts["threads"], effort=opts["effort"], adapt=opts["adapt"])
     with progress_bar(count_tiles(images, lm.config.tile), not opts["bar"], "encode") as bar:
         if opts["stream"]:
             names = [Path(s).name.replace("\n", " ") if s != "-" else "" for s in srcs]
-            data = compress_many(images, names=names, progress=bar, **kw)
+            data, st = compress_many_with_stats(images, names=names, progress=bar, **kw)
             info: dict[str, Any] = {"bytes": len(data), "images": len(images)}
         else:
             data, st = compress_with_stats(images[0], fallback=opts["fallback"], progress=bar, **kw)
             info = {"bytes": st.bytes, "bpd": round(st.bpd, 4), "embedded": st.embedded,
                     "bits_back_bytes": st.bits_back_bytes, "tiles": st.tiles}
+        info.update(effort=st.effort, steps=st.steps, adapt=st.adapt.as_dict() if st.adapt else None)
     if out != "-" and opts["mkdir"]:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     emit(out, data, opts["force"])
@@ -149,6 +160,17 @@ def _report_encode(info: dict[str, Any], as_json: bool, quiet: bool, verbose: bo
         if verbose and "bpd" in info:
             click.echo(f"  {info['bpd']} bits per subpixel, {info['tiles']} tiles, "
                        f"bits-back size {info['bits_back_bytes']}", err=True)
+        if verbose and info.get("adapt"):
+            click.echo(f"  effort {info['effort']}, T={info['steps']}: {_adapt_line(info['adapt'])}", err=True)
+
+
+def _adapt_line(a: dict[str, Any]) -> str:
+    """What adaptation did, in one line."""
+    if not a["kept"]:
+        return f"adaptation ({a['steps']} steps) not kept: {a['note']}"
+    return (f"adapted ({a['steps']} steps, {a['subset']}): {a['nonzero']:,} of {a['params']:,} "
+            f"parameters changed, {a['delta_bytes']:,} bytes of deltas, about "
+            f"{a['saved_bits'] / 8:,.0f} bytes saved ({a['seconds']:.0f} s)")
 
 
 @click.command(epilog=EXIT_CODES)

@@ -46,8 +46,8 @@ def exit_table() -> tuple[tuple[tuple[type[BaseException], ...], int], ...]:
     from ..api import DecodeError, EncodeError, ThreadsMismatch
     from ..coding.codecs import CodingError
     from ..coding.container import FormatError
-    from ..image import ImageError
-    from ..weights import ModelFileError
+    from ..imaging.image import ImageError
+    from ..zoo import ModelFileError
 
     return (
         ((ThreadsMismatch,), EXIT_USAGE),

@@ -78,7 +78,7 @@ def image_input(src: str) -> Any:
         return src
     from PIL import Image
 
-    from ..image import ImageError
+    from ..imaging.image import ImageError
 
     data = sys.stdin.buffer.read()
     try:

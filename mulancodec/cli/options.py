@@ -23,3 +23,14 @@ max_work = click.option("--max-work", type=click.IntRange(min=0), default=None,
 jobs = click.option("-j", "--jobs", "jobs_n", type=click.IntRange(min=1), default=1, show_default=True,
                     help="Code this many files at once, in worker processes (each file's "
                          "output is the same as with -j 1 and the same --threads).")
+
+
+effort = click.option("-e", "--effort", type=click.IntRange(1, 9), default=None,
+                      help="1..9 (default 7, like cjxl's -e): T and adaptation together, from "
+                           "1 (no model: the smallest of PNG/WebP/JPEG-XL) to 9 (T=100, adapt "
+                           "100); levels below. --steps and --adapt override it.")
+adapt = click.option("--adapt", type=click.IntRange(0, 100_000), default=None,
+                     help="Fine-tune the model on the image for N steps and store the changes in "
+                          "the file when they make it smaller (integer models, e.g. photo-int: "
+                          "format version 4; decoding stays exact and about as fast). 0 = no "
+                          "adaptation; default: the effort level's.")

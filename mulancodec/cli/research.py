@@ -42,7 +42,8 @@ def train(data: tuple[str, ...], out: Path, config: str | None, max_steps: int |
           minutes: float | None, resume: bool, eval_data: tuple[str, ...], device: str | None,
           compile_: bool, compact: bool, init: str | None, quantize_: bool) -> None:
     """Train (or resume) a MuLAN model; works under torchrun for several GPUs."""
-    from ..train import TrainArgs, train as run
+    from ..training.loop import TrainArgs
+    from ..training.loop import train as run
 
     try:
         code = run(TrainArgs(list(data), out, config, max_steps, minutes, resume, list(eval_data),
@@ -81,9 +82,9 @@ def eval_cmd(data: tuple[str, ...], model_path: str | None, limit: int | None, s
     from tqdm import tqdm
 
     from ..api import default_steps
-    from ..data import image_tiles, load_images
     from ..coding.exact import is_exact
-    from ..evaluate import evaluate
+    from ..training.data import image_tiles, load_images
+    from ..training.evaluate import evaluate
     from ..weights import load_model
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -136,7 +137,8 @@ def quantize(model_path: str, data: tuple[str, ...], out: Path, tiles: int, seed
     """Make the integer model of a float one: its files (format version 3) decode on any machine."""
     from ..api import default_steps
     from ..coding.exact import is_exact
-    from ..quantize import calibration_tiles, quantize as run
+    from ..exact.quantize import calibration_tiles
+    from ..exact.quantize import quantize as run
     from ..weights import load_model, save_integer_model
 
     lm = load_model(model_path)

@@ -27,13 +27,19 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 import torch
 
-from ..image import TileJob
-from ..model.exactmath import Elementary
-from ..model.mulan import (MuLAN, alpha_sigma, data_posterior, decoder_params, forward_step,
-                           reverse_step, to_unit)
+from ..imaging.image import TileJob
+from ..model.elementary import Elementary
+from ..model.mulan import (
+    MuLAN,
+    alpha_sigma,
+    data_posterior,
+    decoder_params,
+    forward_step,
+    reverse_step,
+    to_unit,
+)
 from .chainspec import ChainSpec
 from .codecs import BitsBack, BitsBackStep, BitSwap, Codec, PixelGaussian, Stack, WindowedGaussian
-
 
 R = TypeVar("R")
 

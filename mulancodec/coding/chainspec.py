@@ -8,7 +8,12 @@ The container stores it whole (`container.Header.chain`); the encoder codes
 with the very spec it writes, and the decoder with the one it reads.
 
 `chain_steps` is the one place the chain's T is decided when a caller leaves it
-open.
+open, and `EFFORTS` (`effort_plan`) the one table that turns an effort level
+(`--effort 1..9`, like cjxl's `-e`) into T and an adaptation budget.
+
+An adapted file (format version 4) also carries an `AdaptBlock`: quantised,
+entropy-coded changes to some of its model's float64 parameters (`mulancodec.adapt`),
+which the decoder adds to the model named by `model_id` before it codes anything.
 """
 from __future__ import annotations
 
@@ -20,6 +25,9 @@ DEFAULT_STEPS = 100
 # From this format version on a file is an integer model's: its results are exact, so it
 # decodes on any machine and its header names none (no backend, precision, threads, tag).
 EXACT_VERSION = 3
+# Format version 4: version 3 with an adaptation block (an integer model's file whose model
+# was fine-tuned on the image: `AdaptBlock`). Only adapted files are written as version 4.
+ADAPTED_VERSION = 4
 NO_MODEL = "0" * 16  # the model id of a spec that names no model (a compact file's)
 
 
@@ -36,6 +44,55 @@ def chain_steps(meta: Mapping[str, str] | None = None, steps: int | None = None)
         return int((meta or {}).get("default_steps", DEFAULT_STEPS))
     except ValueError:
         return DEFAULT_STEPS
+
+
+# Effort levels (`--effort`, `effort=`): T and the adaptation budget together, from fast to
+# small. None as T means the model's own default (`chain_steps`: 50 for the shipped models),
+# so effort 7, the default, writes exactly the files an encoder without efforts wrote.
+DEFAULT_EFFORT = 7
+
+
+@dataclass(frozen=True)
+class Effort:
+    """What one effort level codes with: T (None: the model's default), fine-tuning steps
+    on the image (0: none), or, with `classical`, no model at all (the smallest of PNG,
+    WebP and JPEG-XL, embedded)."""
+
+    steps: int | None
+    adapt: int = 0
+    classical: bool = False
+
+    def describe(self) -> str:
+        if self.classical:
+            return "smallest of PNG/WebP/JPEG-XL (no model)"
+        t = "the model's default T (50)" if self.steps is None else f"T={self.steps}"
+        return t + (f", adapt {self.adapt} steps" if self.adapt else "")
+
+
+EFFORTS: dict[int, Effort] = {
+    1: Effort(None, classical=True),
+    2: Effort(10), 3: Effort(15), 4: Effort(20), 5: Effort(25), 6: Effort(35),
+    7: Effort(None),
+    8: Effort(None, adapt=50),
+    9: Effort(100, adapt=100),
+}
+
+
+def effort_plan(effort: int | None, steps: int | None = None,
+                adapt: int | None = None) -> tuple[Effort, int | None, int]:
+    """(the level's Effort, T to ask `chain_steps` for, adaptation steps) for `effort`
+    (None: DEFAULT_EFFORT); an explicit `steps` or `adapt` overrides the level's."""
+    level = DEFAULT_EFFORT if effort is None else effort
+    if level not in EFFORTS:
+        raise ValueError(f"effort must be 1..9, not {effort}")
+    e = EFFORTS[level]
+    return e, e.steps if steps is None else steps, e.adapt if adapt is None else adapt
+
+
+def effort_table() -> str:
+    """The levels, one line each (for --help and the docs)."""
+    return "\n".join(f"{k}: {e.describe()}" + (" (default)" if k == DEFAULT_EFFORT else "")
+                      for k, e in EFFORTS.items())
 
 
 def is_exact_version(version: int) -> bool:
@@ -69,6 +126,7 @@ class ChainSpec:
     model_id: str = NO_MODEL  # 16 hex digits: the model the chain's distributions come from
     version: int = EXACT_VERSION  # the file's format version
     machine: Machine = ANY_MACHINE  # a float model's file: where it decodes
+    adaptation: "AdaptBlock | None" = None  # version 4: the changes to the model's parameters
 
     @property
     def exact(self) -> bool:
@@ -79,3 +137,20 @@ class ChainSpec:
     def machine_bound(self) -> bool:
         """A float model's chain: it decodes only on `machine` (the header stores it)."""
         return not self.exact
+
+
+@dataclass(frozen=True)
+class AdaptBlock:
+    """The stored changes to an integer model's float64 parameters (format version 4), as
+    read and written; `mulancodec.adapt.deltas` codes and applies them. The tensors are
+    those of `subset` for the model's config (`adapt.params.adapt_tensors`), in order."""
+
+    subset: int  # which tensors (adapt.params.SUBSETS)
+    step_exps: tuple[int, ...]  # per tensor kind (norm scale, norm shift, bias): step 2^-e
+    params: int  # how many parameters the tensors hold together (checked against the model)
+    scales: bytes  # per tensor, its Laplace scale's code (0: all of its deltas are 0)
+    words: bytes  # the ANS words of every coded tensor's integers, u32 little-endian
+
+    @property
+    def tensors(self) -> int:
+        return len(self.scales)

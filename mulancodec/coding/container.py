@@ -17,8 +17,7 @@ from typing import Iterable, Iterator, Sequence, overload
 
 import numpy as np
 
-from ..metadata import MAX_ITEMS as MAX_META_ITEMS  # noqa: F401 (fmt.MAX_META_ITEMS)
-from .chainspec import EXACT_VERSION, ChainSpec
+from .chainspec import ADAPTED_VERSION, EXACT_VERSION, AdaptBlock, ChainSpec
 
 MAGIC = b"\x89MLC"
 # 3: an integer model's file, which decodes on any machine: no backend, precision, threads or
@@ -28,7 +27,9 @@ MAGIC = b"\x89MLC"
 VERSION = EXACT_VERSION
 FLOAT_VERSION = 2  # what a float model's files are written as
 COMPACT_VERSION = 2  # compact files need no model: their layout is version 2's
-READ_VERSIONS = (1, 2, 3)  # a reader still decodes every earlier version
+# 4: version 3 with an adaptation block (`AdaptBlock`): only adapted files are version 4, so
+# an encoder that does not adapt writes exactly the version-3 files it always wrote.
+READ_VERSIONS = (1, 2, 3, ADAPTED_VERSION)  # a reader still decodes every earlier version
 MODES = ("L", "LA", "RGB", "RGBA", "P")
 BACKENDS = ("cpu", "cuda")
 METHOD_MODEL, METHOD_EMBED = 0, 1
@@ -48,6 +49,21 @@ SEED_TRIES = 6  # the encoder tries seed_sizes() in order until the first batch 
 DEFAULT_MAX_WORK = 1 << 24
 DEFAULT_MAX_STEPS = 4096  # the default work limit also refuses larger T (an explicit one lifts it)
 COMPACT_CHECK = 4  # bytes of a compact file's check (see write_compact)
+# An adaptation block's bounds, checked before the model is known (`adapt.deltas` checks the
+# block against the model's own tensors): tensors, parameters, step exponents (step 2^-e),
+# and the ANS words, no more than the parameters could take at 24 bits each.
+ADAPT_KINDS = 3  # one step per kind of tensor: norm scale, norm shift, bias
+ADAPT_STEP_EXPS = (1, 30)
+MAX_ADAPT_TENSORS = 4096
+MAX_ADAPT_PARAMS = 1 << 20
+ADAPT_SYMBOL_BITS = 24
+
+
+def max_adapt_words(params: int) -> int:
+    """The most ANS words a block of this many parameters can need."""
+    return (params * ADAPT_SYMBOL_BITS + 31) // 32 + 2
+
+
 # The ranges a reader accepts for the float32 chain parameters (kappa, window, latent grid).
 FLOAT_RANGES = {"kappa": (1e-3, 64.0), "window": (1.0, 1e3), "latent_delta": (1e-6, 1.0)}
 
@@ -248,12 +264,25 @@ def _meta_bytes(items: Sequence[tuple[int, bytes]]) -> bytes:
     return bytes(out)
 
 
+def adapt_block_bytes(a: AdaptBlock) -> bytes:
+    """An adaptation block as a version-4 header stores it (after the chain's grids):
+    subset u8, one step exponent u8 per kind, params varint, tensors varint, one scale code
+    u8 per tensor, then the ANS words as a varint count and u32 words."""
+    if len(a.step_exps) != ADAPT_KINDS or len(a.words) % 4:
+        raise ValueError("malformed adaptation block")
+    return (bytes([a.subset, *a.step_exps]) + _varint(a.params) + _varint(len(a.scales)) + a.scales
+            + _varint(len(a.words) // 4) + a.words)
+
+
 def write(h: Header, payload: np.ndarray) -> bytes:
     """Serialise a header and the ANS words (uint32, bottom of the stack first), in the
-    layout of its chain's version (VERSION, or FLOAT_VERSION for a float model's file)."""
+    layout of its chain's version (VERSION, FLOAT_VERSION for a float model's file, or
+    ADAPTED_VERSION for an adapted integer model's)."""
     c = h.chain
-    if c.version not in (FLOAT_VERSION, VERSION):
+    if c.version not in (FLOAT_VERSION, VERSION, ADAPTED_VERSION):
         raise ValueError(f"cannot write format version {c.version}")
+    if (c.adaptation is not None) != (c.version == ADAPTED_VERSION):
+        raise ValueError(f"format version {ADAPTED_VERSION} files, and only they, carry an adaptation block")
     hb = bytearray()
     hb += bytes.fromhex(c.model_id)
     if c.machine_bound:
@@ -261,6 +290,8 @@ def write(h: Header, payload: np.ndarray) -> bytes:
         hb += bytes([BACKENDS.index(m.backend), int(m.bf16)])
         hb += _varint(m.threads) + struct.pack("<I", m.env_tag)
     hb += _varint(c.steps) + struct.pack("<fff", c.kappa, c.window, c.latent_delta)
+    if c.adaptation is not None:
+        hb += adapt_block_bytes(c.adaptation)
     hb += _varint(h.tile) + _varint(len(h.images))
     for r in h.images:
         hb += _image_bytes(r)
@@ -319,10 +350,3 @@ def tiles_in(rec: ImageRecord, tile: int) -> int:
 def declared_work(h: Header) -> int:
     """Tile-steps (network evaluations) decoding the file takes: model-coded tiles x steps."""
     return h.chain.steps * sum(tiles_in(rec, h.tile) for rec in h.images)
-
-
-def read(data: bytes, max_pixels: int | None = None) -> tuple[Header, np.ndarray]:
-    """Parse and validate a whole file; returns the header and the ANS words (`reader`)."""
-    from .reader import read_file  # it builds on this module's records
-
-    return read_file(data, max_pixels)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..image import decode_lossless, lossless_encodings
-from ..jxl import JxlUnavailable
+from ..imaging.image import decode_lossless, lossless_encodings
+from ..imaging.jxl import JxlUnavailable
 from .codecs import CodingError, Stack, Uniform
 
 LENGTH_BITS = 32

@@ -1,6 +1,6 @@
 """How a file is coded with an integer model (format version 3) rather than a float one.
 
-An integer model's results are exact (`model.intops`, `model.exactmath`), so nothing
+An integer model's results are exact (`exact.intops`, `exact.exactmath`), so nothing
 about the machine is pinned or recorded: no thread count, no backend, no
 environment tag, and the network may run on any device, in batches of any size.
 The chain arithmetic runs on the CPU in float64 with `exactmath`'s functions; the
@@ -14,7 +14,7 @@ from typing import Iterator
 
 import torch
 
-from ..model.exactmath import EXACT
+from ..exact.exactmath import EXACT
 from . import container as fmt
 from .determinism import deterministic
 

@@ -1,6 +1,6 @@
 """Reading a .mlc container: every field checked before anything is allocated for it.
 
-`read_file` (`container.read`) parses a whole file: each field against hard bounds
+`read_file` parses a whole file: each field against hard bounds
 and against the bytes actually present, so a hostile file can only produce a
 `FormatError`, never a huge allocation (docs/format.md, "Validation").
 """
@@ -11,17 +11,43 @@ import zlib
 
 import numpy as np
 
-from ..metadata import FIXED_SIZE as META_FIXED
-from ..metadata import KINDS as META_KINDS
-from ..metadata import MAX_ITEM_BYTES as MAX_META_BYTES
-from ..metadata import MAX_ITEMS as MAX_META_ITEMS
-from ..metadata import MAX_TOTAL_BYTES as MAX_META_TOTAL
-from ..metadata import TEXT as META_TEXT
-from .chainspec import ANY_MACHINE, ChainSpec, Machine, is_exact_version
-from .container import (BACKENDS, COMPACT_CHECK, FLOAT_RANGES, MAGIC, MAX_BATCHES, MAX_IMAGES,
-                        MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TILE, MAX_TILES, METHOD_EMBED,
-                        METHOD_MODEL, MODES, READ_VERSIONS, VERSION, FormatError, Header,
-                        ImageRecord, Plan, max_batch, max_seed_words, tiles_in)
+from ..imaging.metadata import FIXED_SIZE as META_FIXED
+from ..imaging.metadata import KINDS as META_KINDS
+from ..imaging.metadata import MAX_ITEM_BYTES as MAX_META_BYTES
+from ..imaging.metadata import MAX_ITEMS as MAX_META_ITEMS
+from ..imaging.metadata import MAX_TOTAL_BYTES as MAX_META_TOTAL
+from ..imaging.metadata import TEXT as META_TEXT
+from .chainspec import ADAPTED_VERSION, ANY_MACHINE, AdaptBlock, ChainSpec, Machine, is_exact_version
+from .container import (
+    ADAPT_KINDS,
+    ADAPT_STEP_EXPS,
+    BACKENDS,
+    COMPACT_CHECK,
+    FLOAT_RANGES,
+    MAGIC,
+    MAX_ADAPT_PARAMS,
+    MAX_ADAPT_TENSORS,
+    MAX_BATCHES,
+    MAX_IMAGES,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_THREADS,
+    MAX_TILE,
+    MAX_TILES,
+    METHOD_EMBED,
+    METHOD_MODEL,
+    MODES,
+    READ_VERSIONS,
+    VERSION,
+    FormatError,
+    Header,
+    ImageRecord,
+    Plan,
+    max_adapt_words,
+    max_batch,
+    max_seed_words,
+    tiles_in,
+)
 
 
 class _Reader:
@@ -255,8 +281,28 @@ def _parse_chain(r: _Reader, version: int) -> ChainSpec:
     kappa = r.f32(*FLOAT_RANGES["kappa"], "kappa")
     window = r.f32(*FLOAT_RANGES["window"], "window")
     latent_delta = r.f32(*FLOAT_RANGES["latent_delta"], "latent grid")
+    adaptation = _read_adaptation(r) if version >= ADAPTED_VERSION else None
     return ChainSpec(steps=steps, kappa=kappa, window=window, latent_delta=latent_delta,
-                     model_id=model_id, version=version, machine=machine)
+                     model_id=model_id, version=version, machine=machine, adaptation=adaptation)
+
+
+def _read_adaptation(r: _Reader) -> AdaptBlock:
+    """Version 4's adaptation block, each field against its bound and the bytes present (the
+    model's own tensor count and sizes are checked when it is known: `adapt.deltas`)."""
+    subset = r.u8()
+    exps = tuple(r.u8() for _ in range(ADAPT_KINDS))
+    if not all(ADAPT_STEP_EXPS[0] <= e <= ADAPT_STEP_EXPS[1] for e in exps):
+        raise FormatError(f"adaptation step exponent out of range ({ADAPT_STEP_EXPS[0]}..{ADAPT_STEP_EXPS[1]})")
+    params = r.varint(MAX_ADAPT_PARAMS, "adapted parameters")
+    tensors = r.varint(min(MAX_ADAPT_TENSORS, params), "adapted tensors")
+    if tensors < 1:
+        raise FormatError("the adaptation block holds no tensor")
+    scales = r.take(tensors)
+    n_words = r.varint(max_adapt_words(params), "adaptation words")
+    words = r.take(4 * n_words)
+    if n_words and words[-4:] == b"\0\0\0\0":
+        raise FormatError("corrupt adaptation block (its last word is 0)")
+    return AdaptBlock(subset=subset, step_exps=exps, params=params, scales=scales, words=words)
 
 
 def _parse_header(r: _Reader, file_len: int, max_pixels: int | None, version: int = VERSION) -> Header:

@@ -21,7 +21,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
-from ..image import TileJob, TileSequence, place_tile
+from ..imaging.image import TileJob, TileSequence, place_tile
 from ..model.context import known_window, window_pixels
 from ..model.mulan import MuLAN, context_channels
 from . import container as fmt

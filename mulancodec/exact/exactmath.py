@@ -11,21 +11,19 @@ Python scalar appears: CUDA computes that as a multiplication by the reciprocal.
 Accuracy is a few ulps over the ranges the codec uses (|x| <= 700 for exp, up to
 about 1e5 for sin and cos); beyond them results saturate, deterministically.
 
-`Elementary` names the functions the per-step Gaussians of `model.mulan` are built
-from: `TORCH` (fast, differentiable: training, and files of format versions 1 and
-2) and `EXACT` (these: the integer codec's chain arithmetic).
+`EXACT` is the `model.elementary.Elementary` of these functions: what the integer
+codec's chain arithmetic computes the per-step Gaussians of `model.mulan` with.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from decimal import Decimal, getcontext
-from typing import Callable, TypeVar
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-T = TypeVar("T")
+from ..model.elementary import Elementary
 
 # Cody-Waite splits of ln 2 and pi/2 (fdlibm): the high parts have enough trailing zero
 # bits that k * HI is exact for the k these ranges produce.
@@ -139,20 +137,4 @@ def sin_cos(x: Tensor) -> tuple[Tensor, Tensor]:
     return sin, cos
 
 
-@dataclass(frozen=True)
-class Elementary:
-    """The elementary functions the chain's Gaussians are computed with."""
-
-    exp: Callable[[Tensor], Tensor]
-    expm1: Callable[[Tensor], Tensor]
-    sigmoid: Callable[[Tensor], Tensor]
-    sqrt: Callable[[Tensor], Tensor]
-
-    def once(self, name: str, args: tuple[Tensor, ...], compute: Callable[[], T]) -> T:
-        """compute(), a function `name` of the tensors args: computed afresh here; a coder that
-        asks for the same one again may remember it (`coding.bitsback.Remembering`)."""
-        return compute()
-
-
-TORCH = Elementary(torch.exp, torch.expm1, torch.sigmoid, torch.sqrt)
 EXACT = Elementary(exp, expm1, sigmoid, torch.sqrt)  # sqrt is correctly rounded by IEEE 754

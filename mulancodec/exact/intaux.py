@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.configs import ModelConfig
+from ..model.latent import LatentEncoder
+from ..model.schedule import Schedule, ScheduleNet, context_features
 from . import exactmath as em
-from .configs import ModelConfig
-from .intops import QAct, QConv, limb_max
-from .latent import LatentEncoder
-from .schedule import Schedule, ScheduleNet, context_features
+from .intnorm import QAct
+from .intops import QConv, limb_max
 
 _M = TypeVar("_M", bound=nn.Module)
 

@@ -20,10 +20,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.denoiser import _groups
 from . import exactmath as em
-from .denoiser import _groups
-from .intops import (LIMB_MAX, ROUNDER_BITS, Derived, QConv, QNorm, WideLinear, carrier_dtype, host,
-                     limb_max, per_channel, round_bits, table_at, tensor_like)
+from .intnorm import QNorm
+from .intops import (
+    LIMB_MAX,
+    ROUNDER_BITS,
+    Derived,
+    QConv,
+    WideLinear,
+    carrier_dtype,
+    host,
+    limb_max,
+    per_channel,
+    round_bits,
+    table_at,
+    tensor_like,
+)
 
 LOGIT_BITS, WEIGHT_BITS = 8, 20  # attention: logits on a 2^-8 grid, weights up to 2^20
 RESIDUAL_MARGIN = 2.0  # residual grids cover twice the calibrated range

@@ -16,13 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .configs import ModelConfig
+from ..model.configs import ModelConfig
+from ..model.schedule import Schedule
 from .exactmath import EXACT
 from .intaux import QLatentEncoder, QScheduleNet
 from .intops import exact_kernels, tensor_like
 from .intunet import QUNet
-
-from .schedule import Schedule
 
 # The integer schemes (grids, limbs, tables): a model file stores its own and loads into
 # that scheme's code. 1: SiLU outputs on grids symmetric about 0; 2 (what `quantize`

@@ -18,13 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.configs import ModelConfig
+from ..model.denoiser import (
+    CONTEXT_CHANNELS,
+    Attention,
+    ResBlock,
+    UNet,
+    _groups,
+    timestep_embedding,
+    unet_flow,
+    with_context,
+)
 from . import exactmath as em
-from .configs import ModelConfig
-from .denoiser import (CONTEXT_CHANNELS, Attention, ResBlock, UNet, _groups, timestep_embedding,
-                       unet_flow, with_context)
 from .intblocks import QAttention, QResBlock, QStage
-from .intops import (LIMB, LIMB_MAX, Derived, QConv, QNorm, WideLinear, host, limb_max, split_limbs,
-                     tensor_like)
+from .intnorm import QNorm
+from .intops import LIMB, LIMB_MAX, Derived, QConv, WideLinear, host, limb_max, split_limbs, tensor_like
 
 Z_BITS, GAMMA_BITS = 20, 20  # z's phase and gamma's mean (the time): steps of 2^-bits
 Z_INPUT_BITS = 14  # z as an input: two limbs, |z| < 4 (beyond: clamped)

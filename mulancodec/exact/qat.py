@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .model.intops import LIMB_MAX, zero_point_grid
-from .model.mulan import MuLAN
+from ..model.mulan import MuLAN
+from .intops import LIMB_MAX, zero_point_grid
 
 
 def fake_quant(x: Tensor, dims: tuple[int, ...], zero_point: bool = False) -> Tensor:

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import TileSet
-from .evaluate import TERMS, batch_tensors, ci95
-from .model.mulan import Arithmetic, ElboModel, StepLoss, elbo
+from ..model.mulan import TERMS, Arithmetic, ElboModel, StepLoss, elbo
+from ..training.data import TileSet, batch_tensors
 
 
 @dataclass
@@ -62,6 +61,12 @@ class StratifiedDraws:
             i = self.steps[:, k].double()
             total += (T / K) * step(i / T, (i - 1) / T, self.eps[k]).flatten(1).sum(1)
         return total
+
+
+def ci95(v: np.ndarray) -> list[float]:
+    """The 95% interval of v's mean (1.96 standard errors over its entries)."""
+    half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return [float(v.mean() - half), float(v.mean() + half)]
 
 
 @torch.no_grad()

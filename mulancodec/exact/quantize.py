@@ -11,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import RandomCrops, TileSet, load_images
-from .evaluate import batch_tensors
-from .model.integer import SCHEME, IntegerMuLAN
-from .model.mulan import MuLAN, alpha_sigma, to_unit
+from ..model.mulan import MuLAN, alpha_sigma, to_unit
+from ..training.data import RandomCrops, TileSet, batch_tensors, load_images
+from .integer import SCHEME, IntegerMuLAN
 
 CALIBRATION_TILES = 48
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .coding.codecs import seed_words
+from ..coding.codecs import seed_words
 
 
 def _noise(shape: tuple[int, int], offset: int) -> np.ndarray:

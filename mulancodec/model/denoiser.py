@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from .configs import ModelConfig
 
-
 CONTEXT_CHANNELS = 4  # the window's pixels where known (3) and the known mask (1)
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .configs import ModelConfig
 from .denoiser import UNet
-from .exactmath import TORCH, Elementary
+from .elementary import TORCH, Elementary
 from .latent import LatentEncoder, std_normal_kl
 from .schedule import Schedule, ScheduleNet
 
@@ -150,6 +150,9 @@ class Terms:
     @property
     def total(self) -> Tensor:
         return self.diffusion + self.recon + self.prior + self.latent
+
+
+TERMS = ("diffusion", "recon", "prior", "latent")  # the fields of Terms, in order
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Learning curves from training logs: a markdown table and a PNG plot (for model cards).
 
-    python -m mulancodec.report runs/small/log.jsonl --png models/learning_curve.png
+    python -m mulancodec.training.curves runs/small/log.jsonl --png models/learning_curve.png
 """
 from __future__ import annotations
 

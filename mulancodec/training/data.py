@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from .model.context import nominal_known, random_known, window_pixels
+from ..model.context import nominal_known, random_known, window_pixels
+from ..model.mulan import context_channels
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".jpg", ".jpeg", ".webp", ".gif"}
 
@@ -139,3 +141,13 @@ class RandomCrops:
             return TileSet(tiles)
         known = np.stack([random_known(rng, S, m) for _ in range(n)])
         return TileSet(tiles, crops, known)
+
+
+def batch_tensors(tiles: TileSet, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B,3,S,S) pixels and the context input (None without context) of a TileSet."""
+    x = torch.from_numpy(np.ascontiguousarray(tiles.x)).to(device).permute(0, 3, 1, 2)
+    if tiles.window is None or tiles.known is None:
+        return x, None
+    w = torch.from_numpy(np.ascontiguousarray(tiles.window)).to(device).permute(0, 3, 1, 2)
+    k = torch.from_numpy(np.ascontiguousarray(tiles.known)).to(device)[:, None]
+    return x, context_channels(w, k)

@@ -6,29 +6,18 @@ model (exact, no training loss) with the codec's (`quantcost.evaluate_steps`).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .coding.chainspec import chain_steps
-from .coding.exact import is_exact
-from .data import TileSet
-from .model.mulan import AntitheticDraws, ElboModel, MuLAN, context_channels, elbo
+from ..coding.chainspec import chain_steps
+from ..coding.exact import is_exact
+from ..exact.quantcost import ci95, evaluate_steps
+from ..model.mulan import TERMS, AntitheticDraws, ElboModel, MuLAN, elbo
+from .data import TileSet, batch_tensors
 
-TERMS = ("diffusion", "recon", "prior", "latent")
 EXACT_BATCH = 64  # tiles per batch at most for an integer model's eval (its networks are wide)
-
-
-def batch_tensors(tiles: TileSet, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B,3,S,S) pixels and the context input (None without context) of a TileSet."""
-    x = torch.from_numpy(np.ascontiguousarray(tiles.x)).to(device).permute(0, 3, 1, 2)
-    if tiles.window is None or tiles.known is None:
-        return x, None
-    w = torch.from_numpy(np.ascontiguousarray(tiles.window)).to(device).permute(0, 3, 1, 2)
-    k = torch.from_numpy(np.ascontiguousarray(tiles.known)).to(device)[:, None]
-    return x, context_channels(w, k)
 
 
 def _bound(model: MuLAN, images: TileSet, steps: int, batch_size: int, device: str | torch.device,
@@ -50,12 +39,6 @@ def _bound(model: MuLAN, images: TileSet, steps: int, batch_size: int, device: s
             if progress is not None:
                 progress.update(len(x))
     return out
-
-
-def ci95(v: np.ndarray) -> list[float]:
-    """The 95% interval of v's mean (1.96 standard errors over its entries)."""
-    half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
-    return [float(v.mean() - half), float(v.mean() + half)]
 
 
 @torch.no_grad()
@@ -100,7 +83,6 @@ def evaluate(model: ElboModel, images: TileSet | np.ndarray, steps: int | None =
 def _exact_bound(model: ElboModel, images: TileSet, steps: int, batch_size: int, seed: int,
                  repeats: int, progress: Any) -> dict[str, Any]:
     """An integer model's eval: -ELBO_T in the arithmetic its files are coded with."""
-    from .quantcost import evaluate_steps  # it builds on this module
 
     if steps < 1:
         raise ValueError("an integer model has no continuous bound: give steps T >= 1")

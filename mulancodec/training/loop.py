@@ -32,12 +32,12 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .data import RandomCrops, TileSet, image_tiles, load_images
-from .evaluate import batch_tensors, evaluate
-from .model.configs import Config, load_config
-from .model.mulan import MuLAN
-from . import qat
-from .weights import load_model, save_model
+from ..exact import qat
+from ..model.configs import Config, load_config
+from ..model.mulan import MuLAN
+from ..weights import load_model, save_model
+from .data import RandomCrops, TileSet, batch_tensors, image_tiles, load_images
+from .evaluate import evaluate
 
 
 @dataclass

@@ -5,7 +5,7 @@ integer scheme needs its own file): the golden files pin the bytes earlier
 releases wrote, so a change in how files decode is caught by the tests instead of
 being silently re-recorded. From the repository root:
 
-    python tests/golden/make_golden.py [v3 | v3-scheme2]
+    python tests/golden/make_golden.py [v3 | v3-scheme2 | v4]
 
 It writes the current version's files only: files of earlier versions are never
 rewritten, they must keep decoding.
@@ -26,6 +26,11 @@ Version 3, integer scheme 2 (`v3-scheme2`, from images_v3_scheme2, as
 v3_scheme2.mlc and expected_v3_scheme2.npz): a 70x40 RGB image (two 64x64 tiles,
 partial, the first seeing the second as context) with the shipped photo-int
 model, two threads.
+Version 4 (`v4`, from images_v4, as v4_adapted.mlc and expected_v4.npz): a 40x36 RGB
+image with every kind of metadata, adapted to the image (`compress(..., adapt=3)`, the
+deltas kept whatever they save), with a tiny integer model made here and stored beside
+it, v4_tiny_int.safetensors (tiny-lv, integer scheme 2, context and learned variance; its
+float model is not needed to decode), two threads.
 All at T = STEPS; the images are synthetic (made here).
 """
 from __future__ import annotations
@@ -89,6 +94,48 @@ def images_v3_scheme2() -> dict[str, list]:
     return {"v3_scheme2": [with_meta(_gradient(40, 70, 3, 18))]}
 
 
+def images_v4() -> dict[str, list]:
+    """The version-4 golden file's image."""
+    return {"v4_adapted": [with_meta(_gradient(40, 36, 3, 19))]}
+
+
+TINY_INT_MODEL = HERE / "v4_tiny_int.safetensors"
+
+
+def make_v4() -> None:
+    """v4_adapted.mlc and the tiny integer model it needs (see the module docstring)."""
+    import tempfile
+
+    import torch
+    from conftest import make_tiny_model, smooth_image
+
+    import mulancodec as mc
+    from mulancodec.adapt import encoder
+    from mulancodec.exact.quantize import quantize
+    from mulancodec.imaging import image as img
+    from mulancodec.training.data import RandomCrops
+    from mulancodec.weights import load_model, save_integer_model, save_model
+
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        fid = save_model(make_tiny_model(0, "tiny-lv"), f"{tmp}/float.safetensors")
+        flm = load_model(f"{tmp}/float.safetensors")
+        rng = np.random.default_rng(4)
+        tiles = RandomCrops([smooth_image(rng, 48, 48, 3) for _ in range(3)], 16, 8, 0).batch(0, 16)
+        save_integer_model(quantize(flm.model, tiles), TINY_INT_MODEL, fid, {"default_steps": str(STEPS)})
+        ilm = load_model(TINY_INT_MODEL)
+        encoder.pays = lambda report: True
+        expected: dict[str, np.ndarray] = {}
+        for name, ims in images_v4().items():
+            data = mc.compress(ims[0], model=ilm, steps=STEPS, adapt=3, float_model=flm, fallback=False)
+            assert mc.read_header(data).chain.adaptation is not None
+            (HERE / f"{name}.mlc").write_bytes(data)
+            pic = img.load(ims[0])
+            expected[f"{name}/0"], expected[f"{name}/0/mode"] = pic.array(), np.array(pic.mode)
+            print(f"{name}.mlc: {len(data)} bytes")
+    np.savez_compressed(HERE / "expected_v4.npz", **expected)
+
+
 def images() -> dict[str, list]:
     """Every version-1 golden file's images (numpy arrays or PIL images), by file name."""
     rgba = _gradient(6, 7, 4, 3)
@@ -104,11 +151,14 @@ def images() -> dict[str, list]:
 
 
 def main(which: str = "v3") -> None:
+    if which == "v4":
+        make_v4()
+        return
     import torch
+    from conftest import CIFAR10_INT_MODEL, PHOTO_INT_MODEL
 
     import mulancodec as mc
-    from mulancodec import image as img
-    from conftest import CIFAR10_INT_MODEL, PHOTO_INT_MODEL
+    from mulancodec.imaging import image as img
 
     make, model, out = {"v3": (images_v3, CIFAR10_INT_MODEL, "expected_v3.npz"),
                         "v3-scheme2": (images_v3_scheme2, PHOTO_INT_MODEL, "expected_v3_scheme2.npz")}[which]

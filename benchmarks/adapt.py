@@ -20,6 +20,7 @@ and with --adapt 0, decodes both, checks them bit-exact, and reports sizes and t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -51,8 +52,8 @@ def totals(model, tiles, T: int, strata: int, seed: int) -> np.ndarray:
 
 
 def _snapshots(args: argparse.Namespace, fm, tiles, tensors, key: str) -> dict:
-    """The fine-tuning snapshots, from --cache when they are there (the same image, subset,
-    T, lr and seed), else fine-tuned (and saved there)."""
+    """The fine-tuning snapshots, from --cache when they are there (the same image pixels,
+    subset, T, lr and seed: `key` names the first two), else fine-tuned (and saved there)."""
     path = Path(args.cache) / f"{key}-T{args.steps}-lr{args.lr}-s{args.seed}.pt" if args.cache else None
     have = torch.load(path) if path is not None and path.exists() else {}
     todo = [k for k in args.snapshots if k not in have]
@@ -81,7 +82,8 @@ def tune(args: argparse.Namespace) -> None:
         for subset in args.subsets:
             tensors = adapt_tensors(fm.config, subset)
             t0 = time.perf_counter()
-            snaps = _snapshots(args, fm, tiles, tensors, f"{n}-{subset}")
+            key = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:12]
+            snaps = _snapshots(args, fm, tiles, tensors, f"{key}-{subset}")
             tune_s = time.perf_counter() - t0
             for k, delta in snaps.items():
                 for e in args.exps:

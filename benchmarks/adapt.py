@@ -66,10 +66,18 @@ def _snapshots(args: argparse.Namespace, fm, tiles, tensors, key: str) -> dict:
     return {k: have[k] for k in args.snapshots}
 
 
+def _emit(row: dict, path: str | None) -> None:
+    """One measurement: printed, and appended to `path` as a JSON line."""
+    line = json.dumps(row)
+    print(line, flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
 def tune(args: argparse.Namespace) -> None:
     fm, im = load_model(args.float_model), load_model(args.int_model)
     images = load_images(args.data, args.limit)
-    out = open(args.out, "a") if args.out else None
     for n, image in enumerate(images):
         tiles = own_tiles([image], fm.config.tile, fm.config.context)
         if tiles is None:
@@ -103,11 +111,7 @@ def tune(args: argparse.Namespace) -> None:
                            "saved_bits": float(diff.mean()) * sub,
                            "net_bpsp": float(diff.mean()) - block_bits(blk) / sub,
                            "tune_s": round(tune_s, 1), "eval_s": round(eval_s, 1)}
-                    line = json.dumps(row)
-                    print(line, flush=True)
-                    if out:
-                        out.write(line + "\n")
-                        out.flush()
+                    _emit(row, args.out)
                     if args.kind_exps:
                         break
 

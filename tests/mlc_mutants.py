@@ -133,7 +133,7 @@ def tiny_int_pair(folder) -> tuple:
 
 def build_adapted(folder) -> tuple:
     """(the tiny integer model, [adapted Samples]): `tiny_int_pair`'s models, an RGB image
-    and a stream of two coded with --adapt 12 at T=2, the deltas kept whatever they save (the
+    and a stream of two coded with --adapt 30 at T=2, the deltas kept whatever they save (the
     rule is tested in test_adapt.py)."""
     from mulancodec.adapt import encoder
 
@@ -146,7 +146,7 @@ def build_adapted(folder) -> tuple:
         out = []
         with kept(encoder):
             for name, images in (("adapted", [rgb]), ("adapted-stream", [rgb, grey])):
-                data = mc.compress_many(images, model=ilm, steps=STEPS, adapt=12, float_model=flm)
+                data = mc.compress_many(images, model=ilm, steps=STEPS, adapt=30, float_model=flm)
                 assert mc.read_header(data).chain.adaptation is not None
                 pics = [img.load(x) for x in images]
                 out.append(Sample(name, data, tuple(p.checksum() for p in pics), tuple(p.array() for p in pics)))

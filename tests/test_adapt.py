@@ -75,7 +75,7 @@ def always(monkeypatch):
 def adapted(ilm, flm, image):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(E, "pays", lambda report: True)
-        return mc.compress_with_stats(image, model=ilm, adapt=12, float_model=flm, fallback=False)
+        return mc.compress_with_stats(image, model=ilm, adapt=30, float_model=flm, fallback=False)
 
 
 @pytest.mark.parametrize("config", ["tiny", "tiny-lv", "tiny-unusual", "tiny-nolatent", "photo-lv"])
@@ -175,8 +175,10 @@ def test_an_adapted_file_needs_its_deltas(adapted, ilm):
 
 
 def test_larger_images_get_finer_steps():
-    assert E.step_exps(10_000) == (E.COARSE_EXP,) * 3 and E.step_exps(4_000_000) == (E.FINE_EXP,) * 3
-    assert E.COARSE_EXP < E.FINE_EXP
+    sizes = [10, 10_000, 196_608, 720_000, 4_000_000, 10 ** 9]
+    exps = [E.step_exps(n)[0] for n in sizes]
+    assert exps == sorted(exps) and exps[0] == E.STEP_EXP_RANGE[0] and exps[-1] == E.STEP_EXP_RANGE[1]
+    assert E.step_exps(196_608) == (3, 3, 3) and E.step_exps(720_000) == (4, 4, 4)
 
 
 def test_the_deltas_are_kept_only_when_they_pay(adapted):
@@ -190,7 +192,7 @@ def test_the_deltas_are_kept_only_when_they_pay(adapted):
 def test_deltas_that_do_not_pay_leave_todays_file(ilm, flm, image, monkeypatch):
     monkeypatch.setattr(E, "pays", lambda report: False)
     plain = mc.compress(image, model=ilm, fallback=False)
-    data, st = mc.compress_with_stats(image, model=ilm, adapt=12, float_model=flm, fallback=False)
+    data, st = mc.compress_with_stats(image, model=ilm, adapt=30, float_model=flm, fallback=False)
     assert data == plain == mc.compress(image, model=ilm, fallback=False, adapt=0, effort=7)
     assert st.adapt is not None and not st.adapt.kept and "cost more" in st.adapt.note
 
@@ -230,7 +232,7 @@ def test_effort_levels(ilm, image):
 
 def test_a_stream_adapts_on_all_its_images(ilm, flm, image, always):
     other = smooth_image(np.random.default_rng(3), 33, 20, 1)[..., 0]
-    data = mc.compress_many([image, other], model=ilm, adapt=12, float_model=flm)
+    data = mc.compress_many([image, other], model=ilm, adapt=30, float_model=flm)
     assert mc.read_header(data).chain.adaptation is not None
     back = mc.decompress_many(data, model=ilm)
     assert np.array_equal(back[0], image) and np.array_equal(back[1], other)

@@ -154,11 +154,11 @@ def test_encode_adapt_with_an_integer_model(images, tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "find_shipped", lambda mid: flm.path if mid == flm.model_id else None)
     monkeypatch.setattr(encoder, "pays", lambda report: True)
     Image.fromarray(smooth_image(np.random.default_rng(2), 40, 40, 3)).save(images / "big.png")
-    code, out, err = cli_in_process("encode", images / "big.png", "-o", images / "big.mlc", "--adapt", "12",
+    code, out, err = cli_in_process("encode", images / "big.png", "-o", images / "big.mlc", "--adapt", "30",
                                     "--steps", "2", "--no-fallback", "--model", ilm.path, "--json")
     assert code == 0, err
     rep = json.loads(out)["adapt"]
-    assert rep["kept"] and rep["steps"] == 12 and rep["delta_bytes"] > 0
+    assert rep["kept"] and rep["steps"] == 30 and rep["delta_bytes"] > 0
     code, out, _ = cli_in_process("info", images / "big.mlc", "--json")
     assert json.loads(out)["adaptation"]["params"] == rep["params"]
     code, _, err = cli_in_process("decode", images / "big.mlc", "-o", images / "big2.png", "--model", ilm.path)

@@ -15,6 +15,7 @@ to a copy of the integer model named by the file's model id (`deltas.apply`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -27,30 +28,37 @@ from ..coding.container import adapt_block_bytes
 from ..exact.exactmath import EXACT
 from ..exact.quantcost import stratified_k
 from . import deltas as D
-from .params import SUBSET_ALL, SUBSET_NAMES, adapt_tensors
+from .params import SUBSET_NAMES, SUBSET_UP, adapt_tensors
 from .tune import finetune, own_tiles, paired_gain
 
 # What an adapted file changes and how finely (chosen by measurement on held-out photos,
-# benchmarks/adapt.py, results in benchmarks/results/adapt-tune.jsonl): every GroupNorm
-# affine and bias, their deltas on a grid of 2^-4, or 2^-5 for images of more than
-# FINE_ABOVE coded subpixels. A finer grid saves more bits on the image and costs more in
-# the block (on a 400x600 photo at T=25, 100 steps: 2^-4 saves 0.088 bits per subpixel for
-# 13.4 kbit of deltas, 2^-5 0.098 for 20.8 kbit, 2^-6 no more for 28.6 kbit), so it pays
-# only on larger images.
-SUBSET = SUBSET_ALL
-COARSE_EXP, FINE_EXP, FINE_ABOVE = 4, 5, 700_000
+# benchmarks/adapt.py, results in benchmarks/results/adapt-tune.jsonl). The subset: the
+# denoiser's up path, full-resolution blocks and output, their norms and biases (4,486
+# parameters in `photo`): on three photos at T=25 it netted 0.046 (50 steps) and 0.054
+# (100 steps) bits per subpixel against 0.039 and 0.051 for every norm and bias (8,087),
+# with half the block. The grid, 2^-e: a finer one saves more bits on the image and costs
+# more in the block, so the best e grows with the image: as minimum description length has
+# it, a parameter is worth a precision of about 1/sqrt(N) for N data. Measured (100 steps):
+# on 256x256 crops (197k subpixels) 2^-3 and 2^-4 net the most, on a 400x600 photo (720k)
+# 2^-4 and 2^-5; e = round(log2(sqrt(N)) - STEP_OFFSET) fits both.
+SUBSET = SUBSET_UP
+STEP_OFFSET = 5.3
+STEP_EXP_RANGE = (3, 8)
+
+
+def step_exps(subpixels: int) -> tuple[int, int, int]:
+    """The step exponents (norm scale, norm shift, bias) for an image of this many coded
+    subpixels: one e for all kinds, finer for larger images."""
+    e = round(0.5 * math.log2(max(subpixels, 1)) - STEP_OFFSET)
+    e = min(max(e, STEP_EXP_RANGE[0]), STEP_EXP_RANGE[1])
+    return (e, e, e)
+
+
 # Steps per tile in the encoder's gain estimate, one from each of as many equal runs of 1..T
 # (at most 5, a divisor of T: `quantcost.stratified_k`). On McMaster photo 2 at T=25 one step
 # per tile left a standard error of 37 kbit on a 98 kbit saving; the strata cost 2 x tiles
 # x 5 network calls, a fraction of the fine-tuning's.
 STRATA = 5
-
-
-def step_exps(subpixels: int) -> tuple[int, int, int]:
-    """The step exponents (norm scale, norm shift, bias) for an image of this many coded
-    subpixels."""
-    e = FINE_EXP if subpixels > FINE_ABOVE else COARSE_EXP
-    return (e, e, e)
 
 
 class AdaptError(ValueError):

@@ -93,5 +93,37 @@ def select(names: list[str] | None) -> tuple[list[ClassicalCodec], dict[str, str
     return ok, skipped
 
 
+JXL_NAME = "JPEG-XL"
+JXL_EFFORTS = range(1, 11)  # libjxl's -e: 1 fastest .. 10 slowest (9 is the table's default)
+DEFAULT_JXL_EFFORT = 9
+
+
+def jpegxl(effort: int) -> ClassicalCodec:
+    """JPEG-XL at one effort level, named `JPEG-XL eN`: a point on its own size/time curve."""
+    if effort not in JXL_EFFORTS:
+        raise ValueError(f"JPEG-XL effort must be 1..10, not {effort}")
+    return ClassicalCodec(f"{JXL_NAME} e{effort}", "JPEGXL", f"lossless=True, effort={effort} (bare codestream)",
+                          lambda x: _ic("jpegxl_encode")(x, lossless=True, effort=effort), _ic("jpegxl_decode"))
+
+
+def with_jxl_efforts(codecs: list[ClassicalCodec], efforts: list[int] | None) -> list[ClassicalCodec]:
+    """The JPEG-XL row replaced by one row per effort. None (the default) keeps today's single
+    `JPEG-XL` row at effort 9, so results stay comparable by name with earlier runs."""
+    if efforts is None:
+        return codecs
+    out: list[ClassicalCodec] = []
+    for c in codecs:
+        out += [jpegxl(e) for e in dict.fromkeys(efforts)] if c.name == JXL_NAME else [c]
+    return out
+
+
+def jxl_effort(name: str) -> int | None:
+    """The effort of a JPEG-XL row (`JPEG-XL` is effort 9), None for any other codec."""
+    if name == JXL_NAME:
+        return DEFAULT_JXL_EFFORT
+    m = re.fullmatch(re.escape(JXL_NAME) + r" e(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
 def library_version() -> str:
     return "not installed" if imagecodecs is None else str(imagecodecs.__version__)

@@ -1,4 +1,5 @@
-"""The mulancodec rows: one file per image, and all images in one stream, at each T.
+"""The mulancodec rows: one file per image, and all images in one stream, at each T; and one
+row per effort level (the files `mulancodec encode --effort N` writes).
 
 Each row carries the model's discrete-time -ELBO at the same T, because the
 gap between the real file size and that bound (the overhead) is what the
@@ -6,12 +7,17 @@ coder, rather than the model, is responsible for.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 import mulancodec
+from mulancodec.api import read_header
+from mulancodec.coding.chainspec import EFFORTS
+from mulancodec.coding.container import METHOD_EMBED, adapt_block_bytes
+from mulancodec.imaging import jxl
 from mulancodec.training.data import TileSet, image_tiles
 from mulancodec.training.evaluate import evaluate
 from mulancodec.weights import LoadedModel
@@ -131,3 +137,91 @@ def run_stream(images: Sequence[np.ndarray], steps: int, lm: LoadedModel, device
     }, pixels(images))
     tick(n)
     return tally.row(STREAM, steps)
+
+
+# -- effort levels: the files `mulancodec encode --effort N` writes ----------------------
+
+EFFORT_PREFIX = "mulancodec e"
+
+
+def effort_name(effort: int) -> str:
+    """The row name of an effort level (`mulancodec e5`)."""
+    return f"{EFFORT_PREFIX}{effort}"
+
+
+def embedded_codec(data: bytes) -> str:
+    """Which classical format an embedded image is, from its signature."""
+    if jxl.is_jxl(data) or data[4:12] == b"JXL \r\n\x87\n":
+        return "JPEG-XL"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return "unknown"
+
+
+def file_record(data: bytes, st: mulancodec.EncodeStats, te: float, td: float) -> dict[str, Any]:
+    """What one effort file is, read back from its header (as `mulancodec info` would) plus the
+    encoder's stats: bits-back or an embedded classical image, and the adaptation block."""
+    h = read_header(data)
+    rec = h.images[0]
+    embedded = rec.method == METHOD_EMBED
+    block = h.chain.adaptation if not h.compact else None
+    a = st.adapt
+    return {
+        "bytes": len(data),
+        "method": "embedded" if embedded else "bits-back",
+        "embedded_codec": embedded_codec(rec.embedded) if embedded else None,
+        "steps": st.steps,  # T the model coded with (None: no model), whether or not it was kept
+        "bits_back_bytes": st.bits_back_bytes,
+        "adapt_steps": a.steps if a else 0,
+        "adapt_kept": bool(a and a.kept and block is not None),
+        "adapt_delta_bytes": len(adapt_block_bytes(block)) if block is not None else 0,
+        "adapt_note": a.note if a else "",
+        "adapt_s": a.seconds if a else 0.0,
+        "encode_s": te,
+        "decode_s": td,
+    }
+
+
+def effort_extra(effort: int, files: list[dict[str, Any]], subpixels: int) -> dict[str, Any]:
+    """A row's summary of its files: how many were bits-back, embedded (and as what), adapted."""
+    level = EFFORTS[effort]
+    embedded = [f["embedded_codec"] for f in files if f["method"] == "embedded"]
+    bits_back = [f["bits_back_bytes"] if f["bits_back_bytes"] is not None else f["bytes"] for f in files]
+    return {
+        "effort": effort,
+        "effort_settings": level.describe(),
+        "adapt": level.adapt,
+        "bits_back_files": len(files) - len(embedded),
+        "embedded_files": len(embedded),
+        "embedded_codecs": {c: embedded.count(c) for c in sorted(set(embedded))},
+        "adapted_files": sum(f["adapt_kept"] for f in files),
+        "adapt_delta_bytes": sum(f["adapt_delta_bytes"] for f in files),
+        "bits_back_bpd": None if level.classical else bits_per_subpixel(sum(bits_back), subpixels),
+        "files": files,
+    }
+
+
+def run_effort(images: Sequence[np.ndarray], effort: int, lm: LoadedModel, device: torch.device,
+               tick: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """One file per image at an effort level, through the public API with its defaults (the
+    classical fallback included), decoded and checked like every row."""
+    name = effort_name(effort)
+    tally, files = Tally(), []
+    for i, im in enumerate(images):
+        (data, st), te = timed(functools.partial(mulancodec.compress_with_stats, im, effort=effort,
+                                                 device=device, model=lm))
+        out, td = timed(functools.partial(mulancodec.decompress, data, device=device, model=lm))
+        check_exact(name, i, im, out)
+        tally.n_images += 1
+        tally.subpixels += im.size
+        tally.pixels += im.shape[0] * im.shape[1]
+        tally.bytes += len(data)
+        tally.encode_s += te
+        tally.decode_s += td
+        files.append(file_record(data, st, te, td))
+        tick()
+    tally.extra = effort_extra(effort, files, tally.subpixels)
+    coded = {f["steps"] for f in files if f["steps"] is not None}
+    return tally.row(name, coded.pop() if len(coded) == 1 else None)

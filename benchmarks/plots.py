@@ -1,7 +1,11 @@
 """The pictures a reader looks at: size by codec, and size against encode time (per image,
-and per megapixel: the frontier, where mulancodec's T trades time for size)."""
+and per megapixel: the frontier, where mulancodec's T, and each codec's effort level, trade
+time for size)."""
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .mulan_bench import PER_IMAGE, STREAM  # noqa: E402
 
 MULAN_STYLE = {PER_IMAGE: ("tab:red", "o-"), STREAM: ("tab:purple", "s-")}
+EFFORT_STYLE = {"mulancodec": ("tab:green", "^-"), "JPEG-XL": ("tab:orange", "D--")}
 
 
 def _label(r: dict[str, Any]) -> str:
@@ -23,7 +28,8 @@ def bpd_bars(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
     """Bits per subpixel per row, smallest first, with the -ELBO marked on mulancodec bars."""
     rows = sorted(rows, key=lambda r: r["bpd"])
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5))
-    colours = [MULAN_STYLE.get(r["codec"], ("tab:blue", ""))[0] for r in rows]
+    colours = [MULAN_STYLE.get(r["codec"], EFFORT_STYLE.get(effort_family(r) or "", ("tab:blue", "")))[0]
+               for r in rows]
     bars = ax.bar(range(len(rows)), [r["bpd"] for r in rows], color=colours)
     for b, r in zip(bars, rows):
         ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{r['bpd']:.2f}", ha="center",
@@ -46,24 +52,52 @@ def bpd_bars(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
     return path
 
 
+def effort_family(r: dict[str, Any]) -> str | None:
+    """The codec whose effort curve a row is a point of ('mulancodec', 'JPEG-XL'), from its
+    name (`mulancodec e5`, `JPEG-XL e7`); None for other rows (the lone `JPEG-XL` row too)."""
+    m = re.fullmatch(r"(.+) e(\d+)", r["codec"])
+    return m.group(1) if m and r.get("effort") is not None else None
+
+
+def _curve(ax: Any, pts: list[dict[str, Any]], key: str, y: Callable[[dict[str, Any]], float],
+           style: tuple[str, str], label: str, name: Callable[[dict[str, Any]], str], cap: float) -> None:
+    """One line through `pts` (in their order), each point annotated; labels alternate
+    below/above so close points stay readable, with the size of points drawn on the cap."""
+    colour, fmt = style
+    ax.plot([r[key] for r in pts], [y(r) for r in pts], fmt, color=colour, label=label)
+    for k, r in enumerate(pts):
+        off = f": {r['bpd']:.1f}" if r["bpd"] > cap else ""
+        ax.annotate(f"{name(r)}{off}", (r[key], y(r)), textcoords="offset points",
+                    xytext=(4, -11 if k % 2 == 0 else 5), fontsize=7, color=colour)
+
+
+def _draw(ax: Any, rows: list[dict[str, Any]], key: str, cap: float = math.inf) -> None:
+    """Every row on (key, bits per subpixel): a curve per mulancodec mode through its T, a curve
+    per codec's effort levels (labelled eN), the other codecs as points; sizes above `cap` on it."""
+    def y(r: dict[str, Any]) -> float:
+        return min(r["bpd"], cap)
+
+    families: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        fam = effort_family(r)
+        if fam is not None:
+            families.setdefault(fam, []).append(r)
+        elif r["codec"] not in MULAN_STYLE:
+            ax.plot(r[key], y(r), "D", color="tab:blue")
+            ax.annotate(r["codec"], (r[key], y(r)), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    for codec, style in MULAN_STYLE.items():
+        pts = sorted((r for r in rows if r["codec"] == codec), key=lambda r: r["steps"])
+        if pts:
+            _curve(ax, pts, key, y, style, codec, lambda r: f"T={r['steps']}", cap)
+    for fam, pts in families.items():
+        _curve(ax, sorted(pts, key=lambda r: r["effort"]), key, y, EFFORT_STYLE.get(fam, ("tab:grey", "x-")),
+               f"{fam} effort", lambda r: f"e{r['effort']}", cap)
+
+
 def frontier(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
     """Bits per subpixel against encode seconds per image (log x): the speed/size trade-off."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        if r["codec"] in MULAN_STYLE or r["encode_s"] <= 0:
-            continue
-        ax.plot(r["encode_s"], r["bpd"], "D", color="tab:blue")
-        ax.annotate(r["codec"], (r["encode_s"], r["bpd"]), textcoords="offset points", xytext=(5, 3),
-                    fontsize=8)
-    for codec, (colour, style) in MULAN_STYLE.items():
-        pts = sorted((r for r in rows if r["codec"] == codec and r["encode_s"] > 0),
-                     key=lambda r: r["steps"])
-        if not pts:
-            continue
-        ax.plot([r["encode_s"] for r in pts], [r["bpd"] for r in pts], style, color=colour, label=codec)
-        for r in pts:
-            ax.annotate(f"T={r['steps']}", (r["encode_s"], r["bpd"]), textcoords="offset points",
-                        xytext=(5, -10), fontsize=7, color=colour)
+    _draw(ax, [r for r in rows if r["encode_s"] > 0], "encode_s")
     return _finish(fig, ax, path, title, "encode seconds per image (log)", "bits per subpixel")
 
 
@@ -91,35 +125,20 @@ def pareto(rows: list[dict[str, Any]], key: str = "encode_s_per_mpx") -> list[bo
 
 def frontier_mpx(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
     """Bits per subpixel against encode seconds per megapixel (log x): one curve per
-    mulancodec mode through its T, the classical codecs as points, the frontier dotted.
-    Points above twice the smallest size are drawn on the top edge (a black triangle; the
-    label gives their size)."""
+    mulancodec mode through its T, one per codec's effort levels, the other classical codecs
+    as points, the frontier dotted. Points above twice the smallest size are drawn on the top
+    edge (a black triangle; the label gives their size)."""
     key = "encode_s_per_mpx"
     rows = [r for r in rows if r.get(key)]
     cap = 2 * min((r["bpd"] for r in rows), default=1.0)
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-
-    def y(r: dict[str, Any]) -> float:
-        return min(r["bpd"], cap)
-
-    for r in rows:
-        if r["codec"] not in MULAN_STYLE:
-            ax.plot(r[key], y(r), "D", color="tab:blue")
-            ax.annotate(r["codec"], (r[key], y(r)), textcoords="offset points", xytext=(5, 3), fontsize=8)
-    for codec, (colour, style) in MULAN_STYLE.items():
-        pts = sorted((r for r in rows if r["codec"] == codec), key=lambda r: r["steps"])
-        if pts:
-            ax.plot([r[key] for r in pts], [y(r) for r in pts], style, color=colour, label=codec)
-            for k, r in enumerate(pts):  # labels alternate below/above: close Ts stay readable
-                off = f": {r['bpd']:.1f}" if r["bpd"] > cap else ""
-                ax.annotate(f"T={r['steps']}{off}", (r[key], y(r)), textcoords="offset points",
-                            xytext=(4, -11 if k % 2 == 0 else 5), fontsize=7, color=colour)
+    _draw(ax, rows, key, cap)
     for r in rows:
         if r["bpd"] > cap:
             ax.plot(r[key], cap, "^", color="k", markersize=5)
     best = sorted((r for r, on in zip(rows, pareto(rows, key)) if on), key=lambda r: r[key])
     if len(best) > 1:
-        ax.step([r[key] for r in best], [y(r) for r in best], ":", where="post", color="grey",
+        ax.step([r[key] for r in best], [min(r["bpd"], cap) for r in best], ":", where="post", color="grey",
                 linewidth=1, label="frontier (nothing both faster and smaller)")
     return _finish(fig, ax, path, title, "encode seconds per megapixel (log)",
                    "bits per subpixel (lower is better)")

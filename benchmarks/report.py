@@ -119,17 +119,48 @@ def per_image_table(rows: list[dict[str, Any]]) -> str:
     lines = [[str(r["steps"]), _f(r["bpd"]), _f(r["bits_back_bpd"]),
               _f(r.get("bits_back_overhead_bpd"), "+.3f"), f"{r['embedded_files']}/{r['n_images']}",
               _f(r["first_batch_bits_mean"], ".0f")]
-             for r in rows if "bits_back_bpd" in r]
+             for r in per_image_rows(rows)]
     return _table(header, lines)
+
+
+def per_image_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-T per-image rows (effort rows have their own table)."""
+    return [r for r in rows if "bits_back_bpd" in r and "effort" not in r]
+
+
+def _file_kinds(r: dict[str, Any]) -> str:
+    """'3 bits-back, 1 WebP': what an effort row's files are."""
+    parts = [f"{r['bits_back_files']} bits-back"] if r["bits_back_files"] else []
+    parts += [f"{n} {codec}" for codec, n in r["embedded_codecs"].items()]
+    return ", ".join(parts)
+
+
+def effort_table(rows: list[dict[str, Any]]) -> str:
+    """One line per mulancodec effort level: what it codes with, the sizes and times it gets,
+    and what its files turned out to be."""
+    header = ["Effort", "settings", "T", "bits/subpixel", "bits-back only", "encode s/MP", "decode s/MP",
+              "files", "adapted", "delta bytes"]
+    lines = [[f"e{r['effort']}", r["effort_settings"], "" if r.get("steps") is None else str(r["steps"]),
+              _f(r["bpd"]), _f(r.get("bits_back_bpd")), _secs(r["encode_s_per_mpx"]),
+              _secs(r["decode_s_per_mpx"]), _file_kinds(r), f"{r['adapted_files']}/{r['n_images']}",
+              str(r["adapt_delta_bytes"])]
+             for r in sorted(mulan_effort_rows(rows), key=lambda r: r["effort"])]
+    return _table(header, lines)
+
+
+def mulan_effort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if "effort_settings" in r]
 
 
 def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The frontier plot's data: every row as (codec, T, bits/subpixel, encode and decode
     seconds per megapixel, on the frontier or not), fastest first."""
+    from .classical import jxl_effort
     from .plots import pareto
 
     on = pareto(rows)
-    pts = [{"codec": r["codec"], "steps": r.get("steps"), "bpd": r["bpd"],
+    pts = [{"codec": r["codec"], "steps": r.get("steps"), "effort": r.get("effort", jxl_effort(r["codec"])),
+            "bpd": r["bpd"],
             "encode_s_per_mpx": r.get("encode_s_per_mpx"), "decode_s_per_mpx": r.get("decode_s_per_mpx"),
             "frontier": f} for r, f in zip(rows, on)]
     return sorted(pts, key=lambda p: (p["encode_s_per_mpx"] is None, p["encode_s_per_mpx"] or 0.0))
@@ -163,9 +194,15 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         parts += ["", "## Size against encode time (frontier.png)", "", frontier_table(meta["frontier"]), "",
                   "s/MP = seconds per megapixel (10^6 pixels, H x W). On the frontier: no other row is "
                   "both as fast or faster and as small or smaller."]
+    if mulan_effort_rows(rows):
+        parts += ["", "## mulancodec effort levels", "", effort_table(rows), "",
+                  ("One file per image at each `--effort` level, as `mulancodec encode` writes it. "
+                   "bits-back only: the size had no file fallen back to an embedded image. files: how many "
+                   "kept bits-back, and the embedded format of the others. adapted: files carrying "
+                   "fine-tuned deltas (delta bytes: their blocks' size, in the totals above).")]
     if any("encode_network_s" in r for r in rows):
         parts += ["", "## Where mulancodec's time goes (seconds per image)", "", time_table(rows)]
-    if any("bits_back_bpd" in r for r in rows):
+    if per_image_rows(rows):
         parts += ["", "## mulancodec per-image files", "", per_image_table(rows)]
     notes = meta.get("notes", [])
     if notes:

@@ -3,6 +3,7 @@
 
     python benchmarks/run.py --data ../shared/datasets/cifar10/test.npz --limit 100 --steps 10 50 100
     python benchmarks/run.py --data ../shared/datasets/mcmaster --limit 1 --crop 128 --steps 5 10
+    python benchmarks/run.py --data ../shared/datasets/mcmaster --efforts 1 2 3 4 5 6 7 8 9 --jxl-efforts 1 3 5 7 9
 
 Writes results.json, results.md and plots (frontier.png: size against encode time) to --out (default
 benchmarks/results/<data>-n<N>). Every output is decoded and checked
@@ -44,7 +45,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=None, metavar="N",
                    help="code the centred N x N crop of each image (a side shorter than N is kept)")
     p.add_argument("--steps", type=int, nargs="+", default=None, metavar="T",
-                   help="diffusion steps, one row per T (default: the model's T/10, T/2, T)")
+                   help="diffusion steps, one row per T (default: the model's T/10, T/2, T; none "
+                        "when --efforts is given)")
+    p.add_argument("--efforts", type=int, nargs="+", default=None, metavar="N", choices=range(1, 10),
+                   help="mulancodec effort levels 1..9, one row per level ('mulancodec eN'): the files "
+                        "`mulancodec encode --effort N` writes, one per image")
+    p.add_argument("--jxl-efforts", type=int, nargs="+", default=None, metavar="N",
+                   choices=classical.JXL_EFFORTS,
+                   help="JPEG-XL effort levels 1..10, one row per level ('JPEG-XL eN'; default: the "
+                        "single 'JPEG-XL' row at effort 9)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--out", type=Path, default=None, help="output folder")
     p.add_argument("--model", default=None,
@@ -75,8 +84,12 @@ def default_out(data: str, n: int) -> Path:
 
 
 def steps_list(args: argparse.Namespace, lm: LoadedModel) -> list[int]:
+    """The T of the per-T rows: those asked for, none when only effort rows are, else the
+    model's T/10, T/2, T."""
     if args.steps:
         return list(dict.fromkeys(args.steps))
+    if args.efforts:
+        return []
     d = default_steps(lm)
     return sorted({max(1, d // 10), max(1, d // 2), d})
 
@@ -94,17 +107,33 @@ def run_classical(codecs: list[classical.ClassicalCodec], images: list[np.ndarra
         except Exception as e:  # a library limitation, e.g. an image size it refuses
             notes.append(f"{c.name} left out: {type(e).__name__}: {e}")
             continue
-        rows.append({**tally.row(c.name), "settings": c.settings})
+        effort = classical.jxl_effort(c.name)
+        rows.append({**tally.row(c.name), "settings": c.settings,
+                     **({"effort": effort} if effort is not None else {})})
     return rows
 
 
 def run_mulan(images: list[np.ndarray], lm: LoadedModel, steps: list[int], device: torch.device,
               args: argparse.Namespace, bar: tqdm, notes: list[str]) -> list[dict[str, Any]]:
+    """One untimed warm-up, then the per-T rows and the effort rows."""
+    bar.set_description("warm-up")
+    mulan_bench.warm_up(lm, images[0], device)
+    rows = run_steps(images, lm, steps, device, args, bar, notes) if steps else []
+    for e in efforts_list(args):
+        bar.set_description(f"effort {e}")
+        rows.append(mulan_bench.run_effort(images, e, lm, device, tick=lambda: bar.update(1)))
+    return rows
+
+
+def efforts_list(args: argparse.Namespace) -> list[int]:
+    return list(dict.fromkeys(args.efforts or []))
+
+
+def run_steps(images: list[np.ndarray], lm: LoadedModel, steps: list[int], device: torch.device,
+              args: argparse.Namespace, bar: tqdm, notes: list[str]) -> list[dict[str, Any]]:
     """Per T: the -ELBO, then the per-image and stream rows with their overheads."""
     arr, elbo_note = mulan_bench.elbo_set(images, lm.config.tile, lm.config.context)
     notes.append(elbo_note)
-    bar.set_description("warm-up")
-    mulan_bench.warm_up(lm, images[0], device)
     rows = []
     for T in steps:
         bar.set_description(f"-ELBO T={T}")
@@ -147,6 +176,8 @@ def build_meta(args: argparse.Namespace, argv: Sequence[str] | None, images: lis
         "codec_settings": {c.name: c.settings for c in codecs},
         "skipped_codecs": skipped,
         "steps": steps,
+        "efforts": efforts_list(args) if lm is not None else [],
+        "jxl_efforts": list(dict.fromkeys(args.jxl_efforts or [classical.DEFAULT_JXL_EFFORT])),
         "notes": notes,
     }
     if lm is not None:
@@ -167,6 +198,14 @@ MULAN_NOTES = [
 ]
 
 
+EFFORT_NOTES = [
+    ("mulancodec eN rows: one file per image made by the public API at effort N "
+     "(`compress(image, effort=N)`, what `mulancodec encode --effort N` writes: embedded "
+     "PNG/WebP/JPEG-XL when smaller, adaptation where the level asks for it and it pays); "
+     "their seconds include the fallback's encodes and any fine-tuning. No -ELBO is measured for them."),
+]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns the exit status (0 ok, 1 not bit-exact, 2 bad arguments)."""
     args = parse_args(argv)
@@ -182,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     try:
         codecs, skipped = classical.select(args.codecs)
+        codecs = classical.with_jxl_efforts(codecs, args.jxl_efforts)
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return EXIT_USAGE
@@ -204,9 +244,10 @@ def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         keep_freed_memory()
         lm = load_model(args.model, device)
         steps = steps_list(args, lm)
-        notes += MULAN_NOTES
+        notes += MULAN_NOTES + (EFFORT_NOTES if args.efforts else [])
     n = len(images)
-    bar = tqdm(total=n * (len(codecs) + 2 * len(steps)), unit="img", file=sys.stderr,
+    n_mulan = 0 if lm is None else len(args.modes) * len(steps) + len(efforts_list(args))
+    bar = tqdm(total=n * (len(codecs) + n_mulan), unit="img", file=sys.stderr,
                disable=args.no_progress, dynamic_ncols=True)
     try:
         rows = run_classical(codecs, images, bar, notes)

@@ -170,3 +170,85 @@ def test_frontier_points():
             {"codec": "slow big", "bpd": 6.5, "encode_s_per_mpx": 20.0},
             {"codec": "no time", "bpd": 3.0, "encode_s_per_mpx": None}]
     assert pareto(rows) == [True, True, False, False]
+
+
+def test_effort_rows(tmp_path, tiny_model_path):
+    """--efforts 1 2: one exact row per level, each file described (bits-back or embedded, and
+    as what); --jxl-efforts 1 9: one JPEG-XL row per effort; no per-T rows without --steps."""
+    data = _png_folder(tmp_path, [(16, 16), (20, 24)])
+    out = tmp_path / "out"
+    rc = run.main(["--data", str(data), "--efforts", "1", "2", "--jxl-efforts", "1", "9",
+                   "--codecs", "jxl", "png", "--model", str(tiny_model_path), "--out", str(out),
+                   "--no-progress", "--threads", "1"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    rows, meta = {r["codec"]: r for r in res["rows"]}, res["meta"]
+    jxl = classical.unavailable_reason(classical.lookup("jxl")) is None
+    want = {"mulancodec e1", "mulancodec e2", "PNG"} | ({"JPEG-XL e1", "JPEG-XL e9"} if jxl else set())
+    assert set(rows) == want
+    assert meta["efforts"] == [1, 2] and meta["steps"] == [] and meta["jxl_efforts"] == [1, 9]
+    subpixels = 3 * (16 * 16 + 20 * 24)
+    for name in ("mulancodec e1", "mulancodec e2"):
+        r = rows[name]
+        assert r["bit_exact"] and r["n_images"] == 2 and r["subpixels"] == subpixels
+        assert r["bytes"] == sum(f["bytes"] for f in r["files"])
+        assert r["bpd"] == pytest.approx(8 * r["bytes"] / subpixels)
+        assert r["encode_s"] > 0 and r["decode_s"] > 0
+        assert r["bits_back_files"] + r["embedded_files"] == 2 == len(r["files"])
+        assert r["adapted_files"] == 0 and r["adapt_delta_bytes"] == 0
+    e1, e2 = rows["mulancodec e1"], rows["mulancodec e2"]
+    assert (e1["effort"], e1["steps"], e1["embedded_files"]) == (1, None, 2)
+    assert {f["method"] for f in e1["files"]} == {"embedded"}
+    assert all(f["embedded_codec"] in ("PNG", "WebP", "JPEG-XL") for f in e1["files"])
+    assert sum(e1["embedded_codecs"].values()) == 2
+    assert (e2["effort"], e2["steps"]) == (2, 10) and e2["bits_back_bpd"] > 0
+    for f in e2["files"]:  # the model coded at T=10; the file kept that or a smaller embedded image
+        assert f["steps"] == 10 and f["bits_back_bytes"] > 0
+        assert (f["method"] == "embedded") == (f["embedded_codec"] is not None) == (f["bytes"] < f["bits_back_bytes"])
+    if jxl:
+        assert rows["JPEG-XL e1"]["effort"] == 1 and rows["JPEG-XL e9"]["effort"] == 9
+        assert meta["codec_settings"]["JPEG-XL e1"].startswith("lossless=True, effort=1")
+    md = (out / "results.md").read_text()
+    assert "## mulancodec effort levels" in md and "| e2 | T=10 | 10 |" in md
+    assert {(p["codec"], p["effort"]) for p in meta["frontier"]} >= {("mulancodec e1", 1), ("PNG", None)}
+    assert (out / "frontier.png").stat().st_size > 1000
+
+
+def test_effort_curves_and_names():
+    from benchmarks.plots import effort_family
+
+    assert [c.name for c in classical.with_jxl_efforts(classical.CODECS[:3], [1, 9, 1])] == [
+        "PNG", "WebP", "JPEG-XL e1", "JPEG-XL e9"]
+    assert classical.with_jxl_efforts(classical.CODECS[:3], None) == classical.CODECS[:3]
+    assert (classical.jxl_effort("JPEG-XL"), classical.jxl_effort("JPEG-XL e3"), classical.jxl_effort("PNG")) \
+        == (9, 3, None)
+    assert effort_family({"codec": "mulancodec e5", "effort": 5}) == "mulancodec"
+    assert effort_family({"codec": "JPEG-XL e1", "effort": 1}) == "JPEG-XL"
+    assert effort_family({"codec": "JPEG-XL", "effort": 9}) is None  # today's lone row: a point
+    with pytest.raises(SystemExit):
+        run.parse_args(["--data", "x", "--efforts", "10"])
+    with pytest.raises(SystemExit):
+        run.parse_args(["--data", "x", "--jxl-efforts", "11"])
+
+
+def test_effort_file_record(tiny_model_path):
+    """A file's record says bits-back when the file is the model's, and what it embeds when not
+    (the untrained tiny model loses to PNG/WebP/JPEG-XL on a smooth image: the fallback wins)."""
+    import mulancodec
+    from benchmarks import mulan_bench
+
+    im = smooth_image(np.random.default_rng(3), 16, 16, 3)
+    kinds = []
+    for fallback in (False, True):
+        data, st = mulancodec.compress_with_stats(im, effort=2, model=str(tiny_model_path), fallback=fallback,
+                                                  device="cpu")
+        f = mulan_bench.file_record(data, st, 1.0, 2.0)
+        assert (f["bytes"], f["steps"], f["adapt_kept"], f["adapt_delta_bytes"]) == (len(data), 10, False, 0)
+        assert (f["encode_s"], f["decode_s"]) == (1.0, 2.0)
+        kinds.append((f["method"], f["embedded_codec"]))
+    assert kinds[0] == ("bits-back", None)
+    assert kinds[1][0] == "embedded" and kinds[1][1] in ("PNG", "WebP", "JPEG-XL")
+    assert mulan_bench.embedded_codec(b"\x89PNG\r\n\x1a\n...") == "PNG"
+    assert mulan_bench.embedded_codec(b"RIFF\0\0\0\0WEBPVP8L") == "WebP"
+    assert mulan_bench.embedded_codec(b"\xff\x0a...") == "JPEG-XL"
+    assert mulan_bench.embedded_codec(b"GIF89a") == "unknown"

@@ -65,6 +65,15 @@ class Tally:
     extra: dict[str, Any] = field(default_factory=dict)
     pixels: int = 0  # H x W summed over the images (subpixels / channels)
 
+    def add(self, im: np.ndarray, nbytes: int, encode_s: float, decode_s: float) -> None:
+        """Count one image's file: its size and its coding times."""
+        self.n_images += 1
+        self.subpixels += im.size
+        self.pixels += im.shape[0] * im.shape[1]
+        self.bytes += nbytes
+        self.encode_s += encode_s
+        self.decode_s += decode_s
+
     def row(self, codec: str, steps: int | None = None) -> dict[str, Any]:
         """The common row fields; times are per image (and per megapixel), images_per_s is
         encode throughput."""
@@ -103,11 +112,6 @@ def measure_codec(name: str, encode: Callable[[np.ndarray], bytes], decode: Call
         data, te = timed(lambda: encode(im))
         out, td = timed(lambda: decode(bytes(data)))
         check_exact(name, i, im, out)
-        tally.n_images += 1
-        tally.subpixels += im.size
-        tally.pixels += im.shape[0] * im.shape[1]
-        tally.bytes += len(data)
-        tally.encode_s += te
-        tally.decode_s += td
+        tally.add(im, len(data), te, td)
         tick()
     return tally

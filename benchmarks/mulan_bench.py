@@ -92,12 +92,7 @@ def run_per_image(images: Sequence[np.ndarray], steps: int, lm: LoadedModel, dev
         with dec_prof:
             out, td = timed(lambda: mulancodec.decompress(data, device=device, model=lm))
         check_exact(f"{PER_IMAGE} T={steps}", i, im, out)
-        tally.n_images += 1
-        tally.subpixels += im.size
-        tally.pixels += im.shape[0] * im.shape[1]
-        tally.bytes += len(data)
-        tally.encode_s += te
-        tally.decode_s += td
+        tally.add(im, len(data), te, td)
         bits_back_bytes += st.bits_back_bytes if st.bits_back_bytes is not None else len(data)
         embedded += bool(st.embedded)
         first_bits.append(st.first_batch_bits)
@@ -214,12 +209,7 @@ def run_effort(images: Sequence[np.ndarray], effort: int, lm: LoadedModel, devic
                                                  device=device, model=lm))
         out, td = timed(functools.partial(mulancodec.decompress, data, device=device, model=lm))
         check_exact(name, i, im, out)
-        tally.n_images += 1
-        tally.subpixels += im.size
-        tally.pixels += im.shape[0] * im.shape[1]
-        tally.bytes += len(data)
-        tally.encode_s += te
-        tally.decode_s += td
+        tally.add(im, len(data), te, td)
         files.append(file_record(data, st, te, td))
         tick()
     tally.extra = effort_extra(effort, files, tally.subpixels)

@@ -18,6 +18,7 @@ from .mulan_bench import PER_IMAGE, STREAM  # noqa: E402
 
 MULAN_STYLE = {PER_IMAGE: ("tab:red", "o-"), STREAM: ("tab:purple", "s-")}
 EFFORT_STYLE = {"mulancodec": ("tab:green", "^-"), "JPEG-XL": ("tab:orange", "D--")}
+BITS_BACK_STYLE = ("tab:olive", "v:")
 
 
 def _label(r: dict[str, Any]) -> str:
@@ -92,6 +93,12 @@ def _draw(ax: Any, rows: list[dict[str, Any]], key: str, cap: float = math.inf) 
     for fam, pts in families.items():
         _curve(ax, sorted(pts, key=lambda r: r["effort"]), key, y, EFFORT_STYLE.get(fam, ("tab:grey", "x-")),
                f"{fam} effort", lambda r: f"e{r['effort']}", cap)
+    # where the files fell back to an embedded codec, what the model itself reached
+    raw = [{**r, "bpd": r["bits_back_bpd"]} for r in families.get("mulancodec", [])
+           if r.get("bits_back_bpd") is not None and r["bits_back_bpd"] != r["bpd"]]
+    if raw:
+        _curve(ax, sorted(raw, key=lambda r: r["effort"]), key, y, BITS_BACK_STYLE,
+               "mulancodec effort, bits-back alone (no fallback)", lambda r: f"e{r['effort']}", cap)
 
 
 def frontier(rows: list[dict[str, Any]], title: str, path: Path) -> Path:

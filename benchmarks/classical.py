@@ -102,8 +102,10 @@ def jpegxl(effort: int) -> ClassicalCodec:
     """JPEG-XL at one effort level, named `JPEG-XL eN`: a point on its own size/time curve."""
     if effort not in JXL_EFFORTS:
         raise ValueError(f"JPEG-XL effort must be 1..10, not {effort}")
-    return ClassicalCodec(f"{JXL_NAME} e{effort}", "JPEGXL", f"lossless=True, effort={effort} (bare codestream)",
-                          lambda x: _ic("jpegxl_encode")(x, lossless=True, effort=effort), _ic("jpegxl_decode"))
+    return ClassicalCodec(f"{JXL_NAME} e{effort}", "JPEGXL",
+                          f"lossless=True, effort={effort} (bare codestream)",
+                          lambda x: _ic("jpegxl_encode")(x, lossless=True, effort=effort),
+                          _ic("jpegxl_decode"))
 
 
 def with_jxl_efforts(codecs: list[ClassicalCodec], efforts: list[int] | None) -> list[ClassicalCodec]:

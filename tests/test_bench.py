@@ -204,7 +204,8 @@ def test_effort_rows(tmp_path, tiny_model_path):
     assert (e2["effort"], e2["steps"]) == (2, 10) and e2["bits_back_bpd"] > 0
     for f in e2["files"]:  # the model coded at T=10; the file kept that or a smaller embedded image
         assert f["steps"] == 10 and f["bits_back_bytes"] > 0
-        assert (f["method"] == "embedded") == (f["embedded_codec"] is not None) == (f["bytes"] < f["bits_back_bytes"])
+        embedded = f["method"] == "embedded"
+        assert embedded == (f["embedded_codec"] is not None) == (f["bytes"] < f["bits_back_bytes"])
     if jxl:
         assert rows["JPEG-XL e1"]["effort"] == 1 and rows["JPEG-XL e9"]["effort"] == 9
         assert meta["codec_settings"]["JPEG-XL e1"].startswith("lossless=True, effort=1")
@@ -220,8 +221,8 @@ def test_effort_curves_and_names():
     assert [c.name for c in classical.with_jxl_efforts(classical.CODECS[:3], [1, 9, 1])] == [
         "PNG", "WebP", "JPEG-XL e1", "JPEG-XL e9"]
     assert classical.with_jxl_efforts(classical.CODECS[:3], None) == classical.CODECS[:3]
-    assert (classical.jxl_effort("JPEG-XL"), classical.jxl_effort("JPEG-XL e3"), classical.jxl_effort("PNG")) \
-        == (9, 3, None)
+    names = ("JPEG-XL", "JPEG-XL e3", "PNG")
+    assert tuple(classical.jxl_effort(n) for n in names) == (9, 3, None)
     assert effort_family({"codec": "mulancodec e5", "effort": 5}) == "mulancodec"
     assert effort_family({"codec": "JPEG-XL e1", "effort": 1}) == "JPEG-XL"
     assert effort_family({"codec": "JPEG-XL", "effort": 9}) is None  # today's lone row: a point

@@ -145,8 +145,9 @@ def effort_name(effort: int) -> str:
 
 
 def embedded_codec(data: bytes) -> str:
-    """Which classical format an embedded image is, from its signature."""
-    if jxl.is_jxl(data) or data[4:12] == b"JXL \r\n\x87\n":
+    """Which classical format an embedded image is, from its signature (a file's JPEG-XL is a
+    bare codestream: `imaging.image.decode_lossless` reads no other)."""
+    if jxl.is_jxl(data):
         return "JPEG-XL"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return "PNG"

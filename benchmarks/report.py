@@ -155,11 +155,10 @@ def mulan_effort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The frontier plot's data: every row as (codec, T, bits/subpixel, encode and decode
     seconds per megapixel, on the frontier or not), fastest first."""
-    from .classical import jxl_effort
     from .plots import pareto
 
     on = pareto(rows)
-    pts = [{"codec": r["codec"], "steps": r.get("steps"), "effort": r.get("effort", jxl_effort(r["codec"])),
+    pts = [{"codec": r["codec"], "steps": r.get("steps"), "effort": r.get("effort"),
             "bpd": r["bpd"],
             "encode_s_per_mpx": r.get("encode_s_per_mpx"), "decode_s_per_mpx": r.get("decode_s_per_mpx"),
             "frontier": f} for r, f in zip(rows, on)]

@@ -212,8 +212,9 @@ def _encode_classical(pics: list[img.Picture], names: Sequence[str] | None, effo
     if len(pics) == 1 and not names:
         data = fmt.write_compact(recs[0], pics[0].checksum())
     else:
-        lm = get_model(model, pick_device(device))
-        spec = encoder_chain(lm, pick_device(device), 1)
+        dev = pick_device(device)
+        lm = get_model(model, dev)
+        spec = encoder_chain(lm, dev, 1)
         data = fmt.write(fmt.Header(spec, lm.config.tile, recs, checksum=_stream_checksum(pics)),
                          np.zeros(0, np.uint32))
     return data, EncodeStats(len(data), sum(p.array().size for p in pics), None, True, 0, 0, [], effort)

@@ -54,8 +54,8 @@ def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTens
         p.requires_grad_(True)
     opt = torch.optim.Adam(chosen, lr=lr)
     rng = np.random.default_rng(seed)
-    gen = torch.Generator(device=next(work.parameters()).device).manual_seed(seed)
     dev = next(work.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
     n = min(batch, len(tiles))
     out: dict[int, Delta] = {}
     for step in range(1, max(snapshots, default=0) + 1):

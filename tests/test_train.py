@@ -164,3 +164,38 @@ def test_warm_start_copies_shared_weights_and_zeroes_context(tmp_path):
     assert not w[:, old.denoiser.conv_in.weight.shape[1]:].any()
     with pytest.raises(ValueError, match="does not fit"):
         warm_start(MuLAN(CONFIGS["tiny-nolatent"].model), str(tmp_path / "old.safetensors"))
+
+
+@pytest.mark.parametrize("warmup, decay", [(1, 0.9), (10, 0.1)])
+def test_ema_warmup_sets_the_first_steps_decay(train_npz, tmp_path, warmup, decay):
+    """A warm start with ema_warmup 1 averages from its first step at ema_decay; the
+    default 10 mostly forgets the starting weights (decay min(ema_decay, 1/10) at step 0)."""
+    import torch
+    from conftest import make_tiny_model
+
+    from mulancodec.model import CONFIGS
+    from mulancodec.weights import save_model
+
+    save_model(make_tiny_model(seed=3), tmp_path / "init.safetensors")
+    cfg = CONFIGS["tiny"].to_dict()
+    cfg["train"].update(ema_decay=0.9, ema_warmup=warmup)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    out = tmp_path / "run"
+    assert train(TrainArgs([str(train_npz)], out, str(tmp_path / "cfg.json"), max_steps=1, progress=False,
+                           init=str(tmp_path / "init.safetensors"))) == 0
+    init = load_file(str(tmp_path / "init.safetensors"))
+    raw, ema = load_file(str(out / "train" / "raw.safetensors")), load_file(str(out / "model.safetensors"))
+    w = "denoiser.conv_out.weight" if "denoiser.conv_out.weight" in raw else next(iter(raw))
+    assert not torch.equal(raw[w], init[w])
+    torch.testing.assert_close(ema[w], decay * init[w] + (1 - decay) * raw[w])
+
+
+def test_ema_warmup_below_one_is_refused(train_npz, tmp_path):
+    from mulancodec.model import CONFIGS
+
+    cfg = CONFIGS["tiny"].to_dict()
+    cfg["train"]["ema_warmup"] = 0
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="ema_warmup"):
+        train(TrainArgs([str(train_npz)], tmp_path / "run", str(tmp_path / "cfg.json"), max_steps=1,
+                        progress=False))

@@ -141,6 +141,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     adam_betas: tuple[float, float] = (0.9, 0.99)
     ema_decay: float = 0.999
+    # the EMA's decay at step s is min(ema_decay, (1 + s) / (ema_warmup + s)): 10 lets a
+    # run from random weights forget them fast; 1 gives ema_decay from the first step, for
+    # a warm start (`--init`) whose first weights are already good and worth averaging
+    ema_warmup: int = 10
     grad_clip: float = 1.0  # 0 disables clipping
     flip: bool = True
     loss_steps: int = 0  # 0: continuous-time diffusion loss; T > 0: discrete-time loss at T

@@ -227,6 +227,8 @@ def _config(args: TrainArgs) -> Config:
     cfg = load_config(args.config or "small")
     if args.quantize:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, quantize=True))
+    if cfg.train.ema_warmup < 1:
+        raise ValueError("train.ema_warmup must be at least 1")
     if cfg.model.learned_variance and not (cfg.train.loss_steps and all(cfg.train.loss_steps_mix)):
         raise ValueError("a learned reverse variance is trained by the discrete-time loss only: "
                          "set loss_steps (and loss_steps_mix) above 0")
@@ -346,7 +348,7 @@ def _step(run: _Run, net: Any, batch: TileSet, gen: torch.Generator, rank: int,
     gnorm = torch.nn.utils.clip_grad_norm_(
         run.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
     run.opt.step()
-    decay = min(tc.ema_decay, (1 + st.step) / (10 + st.step))
+    decay = min(tc.ema_decay, (1 + st.step) / (tc.ema_warmup + st.step))
     with torch.no_grad():
         for pe, pm in zip(run.ema.parameters(), run.model.parameters()):
             pe.lerp_(pm.detach(), 1 - decay)

@@ -185,7 +185,7 @@ def test_ema_warmup_sets_the_first_steps_decay(train_npz, tmp_path, warmup, deca
                            init=str(tmp_path / "init.safetensors"))) == 0
     init = load_file(str(tmp_path / "init.safetensors"))
     raw, ema = load_file(str(out / "train" / "raw.safetensors")), load_file(str(out / "model.safetensors"))
-    w = "denoiser.conv_out.weight" if "denoiser.conv_out.weight" in raw else next(iter(raw))
+    w = "denoiser.conv_out.weight"
     assert not torch.equal(raw[w], init[w])
     torch.testing.assert_close(ema[w], decay * init[w] + (1 - decay) * raw[w])
 
@@ -199,3 +199,9 @@ def test_ema_warmup_below_one_is_refused(train_npz, tmp_path):
     with pytest.raises(ValueError, match="ema_warmup"):
         train(TrainArgs([str(train_npz)], tmp_path / "run", str(tmp_path / "cfg.json"), max_steps=1,
                         progress=False))
+    _run(train_npz, tmp_path / "ok", 2)  # and in a run's config.json edited between resumes
+    saved = json.loads((tmp_path / "ok" / "config.json").read_text())
+    saved["train"]["ema_warmup"] = 0
+    (tmp_path / "ok" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="ema_warmup"):
+        _run(train_npz, tmp_path / "ok", 4, resume=True)

@@ -159,6 +159,12 @@ class TrainConfig:
     # quantisation-aware: train under the rounding of the integer model (`qat`, `quantize`)
     quantize: bool = False
 
+    def __post_init__(self) -> None:
+        # checked here, not where a new run starts: a resumed run's edited config.json too
+        if not isinstance(self.ema_warmup, int) or self.ema_warmup < 1:
+            raise ValueError(f"train.ema_warmup must be an integer of at least 1, "
+                             f"not {self.ema_warmup!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

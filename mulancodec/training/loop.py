@@ -227,8 +227,6 @@ def _config(args: TrainArgs) -> Config:
     cfg = load_config(args.config or "small")
     if args.quantize:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, quantize=True))
-    if cfg.train.ema_warmup < 1:
-        raise ValueError("train.ema_warmup must be at least 1")
     if cfg.model.learned_variance and not (cfg.train.loss_steps and all(cfg.train.loss_steps_mix)):
         raise ValueError("a learned reverse variance is trained by the discrete-time loss only: "
                          "set loss_steps (and loss_steps_mix) above 0")

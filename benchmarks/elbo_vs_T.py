@@ -46,6 +46,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="an earlier run's elbo_vs_T.json: a model whose per-tile bounds it holds, for the "
+                        "same weights, tiles, seed and repeats, is read from it instead of measured again")
     return p.parse_args(argv)
 
 
@@ -82,6 +85,18 @@ def table(names: list[str], res: dict[str, dict[int, np.ndarray]], steps: list[i
     return "\n".join(lines)
 
 
+def reusable(path: Path | None, args: argparse.Namespace, n_tiles: int) -> dict[str, dict]:
+    """The per-tile bounds an earlier run stored, keyed by model name, if its draws are this run's."""
+    if path is None:
+        return {}
+    old = json.loads(path.read_text())
+    same = {"data": args.data, "tiles": n_tiles, "repeats": args.repeats, "seed": args.seed,
+            "flat": args.flat, "limit": args.limit}
+    if any(old.get(k) != v for k, v in same.items()):
+        raise SystemExit(f"{path}: measured on other draws than this run ({same}); nothing reused")
+    return {n: {"model_id": old["models"][n]["model_id"], **v} for n, v in old.get("per_tile", {}).items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -95,10 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         tiles = image_tiles(images, lm.config.tile, lm.config.context, args.limit)
         if args.flat:
             tiles = tiles.take(flattest(tiles.x, args.flat))
-        tiles_of = tiles_of or (lm.config.tile, lm.config.context, len(tiles))
+        if tiles_of is None:
+            tiles_of = (lm.config.tile, lm.config.context, len(tiles))
+            stored = reusable(args.reuse, args, len(tiles))
         if tiles_of != (lm.config.tile, lm.config.context, len(tiles)):
             raise SystemExit(f"{name}: other tiles than {args.model[0]}; models must share tile and context")
-        res[name] = elbo_by_steps(lm.model, tiles, args.steps, args.batch_size, "cpu", args.seed, args.repeats)
+        old = stored.get(name, {})
+        if old.get("model_id") == lm.model_id and all(str(T) in old for T in args.steps):
+            res[name] = {T: np.asarray(old[str(T)]) for T in args.steps}
+            print(name, "reused from", args.reuse, flush=True)
+        else:
+            res[name] = elbo_by_steps(lm.model, tiles, args.steps, args.batch_size, "cpu", args.seed,
+                                      args.repeats)
         meta[name] = {"model_id": lm.model_id, "path": str(lm.path)}
         print(name, {T: round(float(v.mean()), 4) for T, v in res[name].items()}, flush=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", "-".join(Path(args.data.rstrip("/")).with_suffix("").parts[-2:]))
@@ -113,8 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "± is the 95% interval; gaps and differences are paired (same draws).\n\n"
         f"Models: {json.dumps(meta)}\n\nCommand: `{cmd}`\n")
     (out / "elbo_vs_T.json").write_text(json.dumps({
-        "data": args.data, "tiles": tiles_of[2], "repeats": args.repeats, "seed": args.seed, "models": meta,
-        "bpd": {n: {str(T): mean_ci(v)[0] for T, v in r.items()} for n, r in res.items()}}, indent=1))
+        "data": args.data, "tiles": tiles_of[2], "repeats": args.repeats, "seed": args.seed,
+        "flat": args.flat, "limit": args.limit, "models": meta,
+        "bpd": {n: {str(T): mean_ci(v)[0] for T, v in r.items()} for n, r in res.items()},
+        "per_tile": {n: {str(T): [round(float(b), 6) for b in v] for T, v in r.items()}
+                     for n, r in res.items()}}, indent=1))
     print(md)
     return 0
 

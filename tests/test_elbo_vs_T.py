@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import smooth_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +40,28 @@ def test_bounds_are_paired_and_match_evaluate(tmp_path, tiny_model_path, other_m
     d = other - by_T[4]
     md = (out / "elbo_vs_T.md").read_text()
     assert f"vs {tiny_model_path} {d.mean():+.3f}" in md and "gap" in md
+
+
+def test_reuse_reads_stored_bounds_only_for_the_same_weights_and_draws(tmp_path, tiny_model_path,
+                                                                         other_model_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "d.npz", x=np.stack([smooth_image(rng, 16, 16, 3) for _ in range(6)]))
+    common = ["--data", str(tmp_path / "d.npz"), "--steps", "0", "4", "--batch-size", "5"]
+    first = tmp_path / "first"
+    assert elbo_vs_T.main(common + ["--model", str(tiny_model_path), "--out", str(first)]) == 0
+    stored = json.loads((first / "elbo_vs_T.json").read_text())
+
+    measured = []
+    real = elbo_vs_T.elbo_by_steps
+    monkeypatch.setattr(elbo_vs_T, "elbo_by_steps", lambda m, *a, **k: measured.append(m) or real(m, *a, **k))
+    again = tmp_path / "again"
+    assert elbo_vs_T.main(common + ["--model", str(tiny_model_path), "--model", str(other_model_path),
+                                    "--reuse", str(first / "elbo_vs_T.json"), "--out", str(again)]) == 0
+    assert len(measured) == 1  # only the model the first run had not measured
+    res = json.loads((again / "elbo_vs_T.json").read_text())
+    assert res["per_tile"][str(tiny_model_path)] == stored["per_tile"][str(tiny_model_path)]
+    assert len(res["per_tile"][str(other_model_path)]["4"]) == stored["tiles"]
+
+    with pytest.raises(SystemExit, match="other draws"):
+        elbo_vs_T.main(common + ["--model", str(tiny_model_path), "--seed", "1",
+                                 "--reuse", str(first / "elbo_vs_T.json"), "--out", str(tmp_path / "x")])

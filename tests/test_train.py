@@ -205,3 +205,43 @@ def test_ema_warmup_below_one_is_refused(train_npz, tmp_path):
     (tmp_path / "ok" / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="ema_warmup"):
         _run(train_npz, tmp_path / "ok", 4, resume=True)
+
+
+def test_best_keeps_the_ema_of_the_best_evaluation_across_resumes(tmp_path):
+    """out/best/ holds the EMA weights of the run's lowest evaluation so far: a worse one
+    later (in this process or a resumed one) leaves them as they are."""
+    import torch
+
+    from mulancodec.model.configs import load_config
+    from mulancodec.model.mulan import MuLAN
+    from mulancodec.training.loop import TrainState, save_best
+    from mulancodec.weights import load_model
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    a, b = MuLAN(cfg.model), MuLAN(cfg.model)
+    out = tmp_path / "run"
+    assert save_best(out, cfg, a, TrainState(step=200), 3.5)
+    assert not save_best(out, cfg, b, TrainState(step=400), 3.6)  # worse: kept a's
+    assert not save_best(out, cfg, b, TrainState(step=400), 3.5)  # a tie is no improvement
+    first = load_model(out / "best" / "model.safetensors")
+    rec = json.loads((out / "best" / "eval.json").read_text())
+    assert rec == {"step": 200, "score": 3.5, "model_id": first.model_id}
+    assert all((p == q).all() for p, q in zip(first.model.state_dict().values(), a.state_dict().values()))
+    assert save_best(out, cfg, b, TrainState(step=600), 3.4)
+    assert json.loads((out / "best" / "eval.json").read_text())["step"] == 600
+    assert load_model(out / "best").model_id != first.model_id
+
+
+def test_a_run_with_evaluations_keeps_its_best_ema(train_npz, tmp_path):
+    out = tmp_path / "r"
+    assert train(TrainArgs([str(train_npz)], out, "tiny", max_steps=20, eval_data=[str(train_npz)],
+                           progress=False)) == 0
+    evals = [r for r in _log(out) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [20] and evals[0]["best"]
+    rec = json.loads((out / "best" / "eval.json").read_text())
+    score = evals[0].get("test_bpd_T", evals[0]["test_bpd"])
+    assert rec["step"] == 20 and rec["score"] == pytest.approx(score)
+    # the run stopped right after its one evaluation: the final checkpoint's EMA is the one kept
+    best, last = load_file(str(out / "best" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert best.keys() == last.keys() and all((best[k] == last[k]).all() for k in best)

@@ -358,8 +358,8 @@ def _step(run: _Run, net: Any, batch: TileSet, gen: torch.Generator, rank: int,
     return vals
 
 
-def _eval(run: _Run, ev: TileSet, log: _Log, device: torch.device) -> None:
-    """EMA -ELBO on the evaluation tiles (model selection)."""
+def _eval(run: _Run, ev: TileSet, log: _Log, device: torch.device, out: Path) -> None:
+    """EMA -ELBO on the evaluation tiles (model selection); the best EMA so far goes to out/best/."""
     tc, st = run.cfg.train, run.st
     res = evaluate(run.ema, ev, steps=tc.loss_steps, device=device, seed=1234)
     rec = {"kind": "eval", "step": st.step, "seconds": round(st.seconds, 2),
@@ -367,8 +367,32 @@ def _eval(run: _Run, ev: TileSet, log: _Log, device: torch.device) -> None:
            "n_images": res["n_images"]}
     if tc.loss_steps:
         rec.update({"steps": tc.loss_steps, "test_bpd_T": round(res["bpd_T"], 5)})
+    score = res["bpd_T"] if tc.loss_steps else res["bpd"]
+    if save_best(out, run.cfg, run.ema, st, score):
+        rec["best"] = True
     log.write(rec)
-    print(f"step {st.step}: test bpd (EMA) {res['bpd']:.4f}", file=sys.stderr)
+    print(f"step {st.step}: test bpd (EMA) {res['bpd']:.4f}" + (f", T={tc.loss_steps} {res['bpd_T']:.4f}"
+          if tc.loss_steps else "") + (" (best so far: saved in best/)" if rec.get("best") else ""),
+          file=sys.stderr)
+
+
+BEST = "best"  # the run's folder of the EMA weights of its best evaluation so far
+
+
+def save_best(out: Path, cfg: Config, ema: MuLAN, st: TrainState, score: float) -> bool:
+    """Keep the EMA weights in out/best/ when `score` (the evaluation's -ELBO at the loss's T,
+    else continuous) beats every earlier evaluation's of the run, resumes included: the
+    weights worth committing, whenever the checkpoint happens to be written."""
+    best = out / BEST
+    record = best / "eval.json"
+    if record.is_file() and json.loads(record.read_text())["score"] <= score:
+        return False
+    best.mkdir(parents=True, exist_ok=True)
+    mid = save_model(ema, best / "model.safetensors", extra={
+        "step": str(st.step), "config_name": cfg.name, "train_seconds": f"{st.seconds:.1f}"})
+    _atomic_json(best / "config.json", cfg.to_dict())
+    _atomic_json(record, {"step": st.step, "score": score, "model_id": mid})
+    return True
 
 
 def _stop_reason(args: TrainArgs, st: TrainState, started: float, stop: _Stop, world: int,
@@ -430,7 +454,7 @@ def train(args: TrainArgs) -> int:
             if st.step % tc.log_every == 0 and main:
                 log.flush(st, lr)
             if ev is not None and st.step % tc.eval_every == 0 and main:
-                _eval(run, ev, log, device)
+                _eval(run, ev, log, device, args.out)
             if time.time() - last_ckpt >= 60 * tc.checkpoint_minutes:
                 if main:
                     save_checkpoint(args.out, cfg, run.model, run.ema, run.opt, st, args.compact)

@@ -86,7 +86,8 @@ def table(names: list[str], res: dict[str, dict[int, np.ndarray]], steps: list[i
 
 
 def reusable(path: Path | None, args: argparse.Namespace, n_tiles: int) -> dict[str, dict]:
-    """The per-tile bounds an earlier run stored, keyed by model name, if its draws are this run's."""
+    """The per-tile bounds an earlier run stored, by model id (a model renamed since is still
+    found), if its draws are this run's."""
     if path is None:
         return {}
     old = json.loads(path.read_text())
@@ -94,7 +95,7 @@ def reusable(path: Path | None, args: argparse.Namespace, n_tiles: int) -> dict[
             "flat": args.flat, "limit": args.limit}
     if any(old.get(k) != v for k, v in same.items()):
         raise SystemExit(f"{path}: measured on other draws than this run ({same}); nothing reused")
-    return {n: {"model_id": old["models"][n]["model_id"], **v} for n, v in old.get("per_tile", {}).items()}
+    return {old["models"][n]["model_id"]: v for n, v in old.get("per_tile", {}).items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,8 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stored = reusable(args.reuse, args, len(tiles))
         if tiles_of != (lm.config.tile, lm.config.context, len(tiles)):
             raise SystemExit(f"{name}: other tiles than {args.model[0]}; models must share tile and context")
-        old = stored.get(name, {})
-        if old.get("model_id") == lm.model_id and all(str(T) in old for T in args.steps):
+        old = stored.get(lm.model_id, {})
+        if all(str(T) in old for T in args.steps):
             res[name] = {T: np.asarray(old[str(T)]) for T in args.steps}
             print(name, "reused from", args.reuse, flush=True)
         else:

@@ -245,3 +245,32 @@ def test_a_run_with_evaluations_keeps_its_best_ema(train_npz, tmp_path):
     # the run stopped right after its one evaluation: the final checkpoint's EMA is the one kept
     best, last = load_file(str(out / "best" / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert best.keys() == last.keys() and all((best[k] == last[k]).all() for k in best)
+
+
+def test_anneal_lowers_the_learning_rate_on_a_cosine_and_holds_it():
+    from mulancodec.model.configs import TrainConfig
+
+    tc = TrainConfig(lr=1e-3, anneal_start=100, anneal_steps=200, anneal_final=0.1)
+    assert tc.lr_at(0) == tc.lr_at(100) == 1e-3
+    assert tc.lr_at(200) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half way
+    assert tc.lr_at(300) == tc.lr_at(10 ** 6) == pytest.approx(1e-4)
+    lrs = [tc.lr_at(s) for s in range(100, 301)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert TrainConfig(lr=1e-3).lr_at(10 ** 6) == 1e-3  # off by default: old runs resume unchanged
+    for bad in ({"anneal_steps": -1}, {"anneal_final": 0.0}, {"anneal_final": 1.5}, {"anneal_start": -5}):
+        with pytest.raises(ValueError, match="anneal"):
+            TrainConfig(**bad)
+
+
+def test_a_resumed_run_follows_the_anneal_its_config_json_was_given(train_npz, tmp_path):
+    """The standing job's way: stop, add an anneal to the run's config.json, resume."""
+    out = tmp_path / "r"
+    _run(train_npz, out, 10)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["train"].update(anneal_start=10, anneal_steps=20, anneal_final=0.5, log_every=5)
+    (out / "config.json").write_text(json.dumps(cfg))
+    _run(train_npz, out, 40, resume=True)
+    lr = {r["step"]: r["lr"] for r in _log(out) if r["kind"] == "train"}
+    base = cfg["train"]["lr"]
+    assert lr[10] == pytest.approx(base) and lr[40] == pytest.approx(0.5 * base)
+    assert lr[20] == pytest.approx(base * (0.5 + 0.5 * 0.5 * (1 + np.cos(np.pi * 9 / 20))))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,13 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 200
+    # a cosine anneal of the learning rate from lr at step anneal_start down to lr *
+    # anneal_final over anneal_steps steps, then held there (0 steps: a constant lr). A
+    # standing job that resumes across sessions sets it on its config.json when it should
+    # settle: at a constant lr its EMA wanders by more than the gains it is after
+    anneal_start: int = 0
+    anneal_steps: int = 0
+    anneal_final: float = 0.1
     weight_decay: float = 0.01
     adam_betas: tuple[float, float] = (0.9, 0.99)
     ema_decay: float = 0.999
@@ -164,6 +172,9 @@ class TrainConfig:
         if not isinstance(self.ema_warmup, int) or self.ema_warmup < 1:
             raise ValueError(f"train.ema_warmup must be an integer of at least 1, "
                              f"not {self.ema_warmup!r}")
+        if self.anneal_start < 0 or self.anneal_steps < 0 or not 0.0 < self.anneal_final <= 1.0:
+            raise ValueError("train.anneal_start and anneal_steps must be at least 0 and anneal_final "
+                             f"in (0, 1], not {self.anneal_start}, {self.anneal_steps}, {self.anneal_final}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -171,6 +182,13 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         return cls(**_fields(cls, d, "train", ("adam_betas", "loss_steps_mix")))
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step `step` before warmup: lr, annealed (`anneal_*`)."""
+        if not self.anneal_steps or step <= self.anneal_start:
+            return self.lr
+        u = min(1.0, (step - self.anneal_start) / self.anneal_steps)
+        return self.lr * (self.anneal_final + (1.0 - self.anneal_final) * 0.5 * (1.0 + math.cos(math.pi * u)))
 
     def steps_at(self, step: int) -> int:
         """The T of training step `step`'s loss (0: continuous time)."""

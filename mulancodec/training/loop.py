@@ -158,8 +158,9 @@ def load_checkpoint(out: Path, model: MuLAN, ema: MuLAN, opt: torch.optim.Optimi
 
 
 def _lr(cfg: Config, step: int, since: int = 0) -> float:
-    """Linear warmup from `since` (0, or the step a compact checkpoint restarted Adam)."""
-    return cfg.train.lr * min(1.0, (step - since + 1) / max(1, cfg.train.warmup_steps))
+    """The config's learning rate at `step` (`TrainConfig.lr_at`), with a linear warmup from
+    `since` (0, or the step a compact checkpoint restarted Adam)."""
+    return cfg.train.lr_at(step) * min(1.0, (step - since + 1) / max(1, cfg.train.warmup_steps))
 
 
 def warm_start(model: MuLAN, path: str) -> str:

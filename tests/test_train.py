@@ -220,17 +220,20 @@ def test_best_keeps_the_ema_of_the_best_evaluation_across_resumes(tmp_path):
     cfg = load_config("tiny")
     torch.manual_seed(0)
     a, b = MuLAN(cfg.model), MuLAN(cfg.model)
-    out = tmp_path / "run"
-    assert save_best(out, cfg, a, TrainState(step=200), 3.5)
-    assert not save_best(out, cfg, b, TrainState(step=400), 3.6)  # worse: kept a's
-    assert not save_best(out, cfg, b, TrainState(step=400), 3.5)  # a tie is no improvement
+    out, ev = tmp_path / "run", {"steps": 50, "n_images": 358}
+    assert save_best(out, cfg, a, TrainState(step=200), 3.5, ev)
+    assert not save_best(out, cfg, b, TrainState(step=400), 3.6, ev)  # worse: kept a's
+    assert not save_best(out, cfg, b, TrainState(step=400), 3.5, ev)  # a tie is no improvement
     first = load_model(out / "best" / "model.safetensors")
     rec = json.loads((out / "best" / "eval.json").read_text())
-    assert rec == {"step": 200, "score": 3.5, "model_id": first.model_id}
+    assert rec == {"step": 200, "score": 3.5, "evaluation": ev, "model_id": first.model_id}
     assert all((p == q).all() for p, q in zip(first.model.state_dict().values(), a.state_dict().values()))
-    assert save_best(out, cfg, b, TrainState(step=600), 3.4)
+    assert save_best(out, cfg, b, TrainState(step=600), 3.4, ev)
     assert json.loads((out / "best" / "eval.json").read_text())["step"] == 600
     assert load_model(out / "best").model_id != first.model_id
+    # a resume that evaluates on other tiles or at another T starts a new record
+    assert save_best(out, cfg, a, TrainState(step=800), 3.9, {"steps": 50, "n_images": 100})
+    assert json.loads((out / "best" / "eval.json").read_text())["score"] == 3.9
 
 
 def test_a_run_with_evaluations_keeps_its_best_ema(train_npz, tmp_path):

@@ -188,7 +188,8 @@ class TrainConfig:
         if not self.anneal_steps or step <= self.anneal_start:
             return self.lr
         u = min(1.0, (step - self.anneal_start) / self.anneal_steps)
-        return self.lr * (self.anneal_final + (1.0 - self.anneal_final) * 0.5 * (1.0 + math.cos(math.pi * u)))
+        cos = 0.5 * (1.0 + math.cos(math.pi * u))
+        return self.lr * (self.anneal_final + (1.0 - self.anneal_final) * cos)
 
     def steps_at(self, step: int) -> int:
         """The T of training step `step`'s loss (0: continuous time)."""

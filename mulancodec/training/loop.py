@@ -369,30 +369,36 @@ def _eval(run: _Run, ev: TileSet, log: _Log, device: torch.device, out: Path) ->
     if tc.loss_steps:
         rec.update({"steps": tc.loss_steps, "test_bpd_T": round(res["bpd_T"], 5)})
     score = res["bpd_T"] if tc.loss_steps else res["bpd"]
-    if save_best(out, run.cfg, run.ema, st, score):
+    if save_best(out, run.cfg, run.ema, st, score, {"steps": tc.loss_steps, "n_images": res["n_images"]}):
         rec["best"] = True
     log.write(rec)
-    print(f"step {st.step}: test bpd (EMA) {res['bpd']:.4f}" + (f", T={tc.loss_steps} {res['bpd_T']:.4f}"
-          if tc.loss_steps else "") + (" (best so far: saved in best/)" if rec.get("best") else ""),
-          file=sys.stderr)
+    line = f"step {st.step}: test bpd (EMA) {res['bpd']:.4f}"
+    if tc.loss_steps:
+        line += f", at T={tc.loss_steps} {res['bpd_T']:.4f}"
+    print(line + (" (the best so far: kept in best/)" if rec.get("best") else ""), file=sys.stderr)
 
 
 BEST = "best"  # the run's folder of the EMA weights of its best evaluation so far
 
 
-def save_best(out: Path, cfg: Config, ema: MuLAN, st: TrainState, score: float) -> bool:
+def save_best(out: Path, cfg: Config, ema: MuLAN, st: TrainState, score: float,
+              evaluation: dict[str, Any]) -> bool:
     """Keep the EMA weights in out/best/ when `score` (the evaluation's -ELBO at the loss's T,
     else continuous) beats every earlier evaluation's of the run, resumes included: the
-    weights worth committing, whenever the checkpoint happens to be written."""
+    weights worth committing, whenever the checkpoint happens to be written. `evaluation`
+    says what was measured (T, tiles): a record of another evaluation is not compared with."""
     best = out / BEST
     record = best / "eval.json"
-    if record.is_file() and json.loads(record.read_text())["score"] <= score:
-        return False
+    if record.is_file():
+        old = json.loads(record.read_text())
+        # (a record written before records named their evaluation counts as this one's)
+        if old.get("evaluation", evaluation) == evaluation and old["score"] <= score:
+            return False
     best.mkdir(parents=True, exist_ok=True)
     mid = save_model(ema, best / "model.safetensors", extra={
         "step": str(st.step), "config_name": cfg.name, "train_seconds": f"{st.seconds:.1f}"})
     _atomic_json(best / "config.json", cfg.to_dict())
-    _atomic_json(record, {"step": st.step, "score": score, "model_id": mid})
+    _atomic_json(record, {"step": st.step, "score": score, "evaluation": evaluation, "model_id": mid})
     return True
 
 

@@ -277,3 +277,16 @@ def test_a_resumed_run_follows_the_anneal_its_config_json_was_given(train_npz, t
     base = cfg["train"]["lr"]
     assert lr[10] == pytest.approx(base) and lr[40] == pytest.approx(0.5 * base)
     assert lr[20] == pytest.approx(base * (0.5 + 0.5 * 0.5 * (1 + np.cos(np.pi * 9 / 20))))
+
+
+def test_train_rotate_reaches_the_crops(train_npz, tmp_path):
+    import dataclasses
+
+    from mulancodec.model.configs import load_config
+    from mulancodec.training.loop import _data
+
+    cfg = load_config("tiny")
+    on = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, rotate=True))
+    args = TrainArgs([str(train_npz)], tmp_path / "r")
+    assert _data(args, on)[0].rotate and not _data(args, cfg)[0].rotate
+    assert on.train.to_dict()["rotate"] and not cfg.train.rotate  # saved in a run's config.json

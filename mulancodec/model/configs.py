@@ -155,6 +155,9 @@ class TrainConfig:
     ema_warmup: int = 10
     grad_clip: float = 1.0  # 0 disables clipping
     flip: bool = True
+    # a random quarter turn of each training crop as well (`RandomCrops`): off by default, so
+    # old runs resume with the same batches
+    rotate: bool = False
     loss_steps: int = 0  # 0: continuous-time diffusion loss; T > 0: discrete-time loss at T
     # train on the discrete-time loss at each of these T in turn (step k uses entry k mod n),
     # so one model serves them all; loss_steps is then the T evaluations report

@@ -106,11 +106,15 @@ def image_tiles(images: list[np.ndarray], size: int, margin: int, limit: int | N
 
 
 class RandomCrops:
-    """Random crops of images of any size: offsets, flips and context masks are a pure
-    function of (seed, step, rank), so a resumed run draws the same batches."""
+    """Random crops of images of any size: offsets, flips, quarter turns and context masks
+    are a pure function of (seed, step, rank), so a resumed run draws the same batches.
+
+    `rotate` adds a random quarter turn to each crop (with `flip`: all 8 symmetries of the
+    square), so a few hundred photos look like more to a model that has begun to learn
+    them by heart. Without it the draws are those of runs made before it existed."""
 
     def __init__(self, images: list[np.ndarray], size: int, margin: int, seed: int,
-                 flip: bool = True) -> None:
+                 flip: bool = True, rotate: bool = False) -> None:
         side = size + 2 * margin
         self.images = [im for im in images if min(im.shape[:2]) >= side]
         if not self.images:
@@ -121,6 +125,7 @@ class RandomCrops:
                        np.float64)
         self.p = pos / pos.sum()
         self.size, self.margin, self.side, self.seed, self.flip = size, margin, side, seed, flip
+        self.rotate = rotate
 
     def __len__(self) -> int:
         return len(self.images)
@@ -135,7 +140,8 @@ class RandomCrops:
             y = int(rng.integers(0, im.shape[0] - side + 1))
             x = int(rng.integers(0, im.shape[1] - side + 1))
             c = im[y:y + side, x:x + side]
-            crops[k] = c[:, ::-1] if self.flip and rng.random() < 0.5 else c
+            c = c[:, ::-1] if self.flip and rng.random() < 0.5 else c
+            crops[k] = np.rot90(c, int(rng.integers(4))) if self.rotate else c
         tiles = np.ascontiguousarray(crops[:, m:m + S, m:m + S])
         if not m:
             return TileSet(tiles)

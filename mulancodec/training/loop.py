@@ -271,7 +271,7 @@ def _build(args: TrainArgs, cfg: Config, device: torch.device) -> _Run:
 def _data(args: TrainArgs, cfg: Config) -> tuple[RandomCrops, TileSet | None]:
     """Random crops of the training images, and the fixed evaluation tiles."""
     m, tc = cfg.model, cfg.train
-    crops = RandomCrops(load_images(args.data), m.tile, m.context, tc.seed, tc.flip)
+    crops = RandomCrops(load_images(args.data), m.tile, m.context, tc.seed, tc.flip, tc.rotate)
     ev = (image_tiles(load_images(args.eval_data), m.tile, m.context, tc.eval_images)
           if args.eval_data else None)
     return crops, ev

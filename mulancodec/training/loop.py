@@ -109,6 +109,16 @@ def _load_optim(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], gr
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def _save_ema(folder: Path, cfg: Config, ema: MuLAN, st: TrainState,
+              dtype: torch.dtype = torch.float32) -> str:
+    """The EMA weights as a loadable model folder (model.safetensors with the step, and the
+    run's config.json): a checkpoint's, and best/'s. Returns the model id."""
+    _atomic_json(folder / "config.json", cfg.to_dict())
+    return save_model(ema, folder / "model.safetensors", dtype=dtype,
+                      extra={"step": str(st.step), "config_name": cfg.name,
+                             "train_seconds": f"{st.seconds:.1f}"})
+
+
 def save_checkpoint(out: Path, cfg: Config, model: MuLAN, ema: MuLAN, opt: torch.optim.Optimizer,
                     st: TrainState, compact: bool = False) -> None:
     """Write a checkpoint. `compact` stores weights in float16 and no optimizer state
@@ -117,9 +127,7 @@ def save_checkpoint(out: Path, cfg: Config, model: MuLAN, ema: MuLAN, opt: torch
     (out / "train").mkdir(parents=True, exist_ok=True)
     tag = {"step": str(st.step)}
     dtype = torch.float16 if compact else torch.float32
-    _atomic_json(out / "config.json", cfg.to_dict())
-    save_model(ema, out / "model.safetensors", dtype=dtype,
-               extra={"step": str(st.step), "config_name": cfg.name, "train_seconds": f"{st.seconds:.1f}"})
+    _save_ema(out, cfg, ema, st, dtype)
     _atomic_safetensors(out / "train" / "raw.safetensors",
                         {k: v.to(dtype) for k, v in model.state_dict().items()}, tag)
     groups = None
@@ -395,9 +403,7 @@ def save_best(out: Path, cfg: Config, ema: MuLAN, st: TrainState, score: float,
         if old.get("evaluation", evaluation) == evaluation and old["score"] <= score:
             return False
     best.mkdir(parents=True, exist_ok=True)
-    mid = save_model(ema, best / "model.safetensors", extra={
-        "step": str(st.step), "config_name": cfg.name, "train_seconds": f"{st.seconds:.1f}"})
-    _atomic_json(best / "config.json", cfg.to_dict())
+    mid = _save_ema(best, cfg, ema, st)
     _atomic_json(record, {"step": st.step, "score": score, "evaluation": evaluation, "model_id": mid})
     return True
 

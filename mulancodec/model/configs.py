@@ -141,8 +141,7 @@ class TrainConfig:
     warmup_steps: int = 200
     # a cosine anneal of the learning rate from lr at step anneal_start down to lr *
     # anneal_final over anneal_steps steps, then held there (0 steps: a constant lr). A
-    # standing job that resumes across sessions sets it on its config.json when it should
-    # settle: at a constant lr its EMA wanders by more than the gains it is after
+    # standing job that resumes across sessions can set it on its config.json to settle
     anneal_start: int = 0
     anneal_steps: int = 0
     anneal_final: float = 0.1

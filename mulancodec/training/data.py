@@ -110,8 +110,9 @@ class RandomCrops:
     are a pure function of (seed, step, rank), so a resumed run draws the same batches.
 
     `rotate` adds a random quarter turn to each crop (with `flip`: all 8 symmetries of the
-    square), so a few hundred photos look like more to a model that has begun to learn
-    them by heart. Without it the draws are those of runs made before it existed."""
+    square), an augmentation for a training set of a few hundred photos (it did not help
+    the photo model in 447 steps: models/photo/MODEL_CARD.md). Without it the draws are
+    those of runs made before it existed."""
 
     def __init__(self, images: list[np.ndarray], size: int, margin: int, seed: int,
                  flip: bool = True, rotate: bool = False) -> None:

@@ -48,7 +48,7 @@ def _inputs(model, n: int = 4, seed: int = 2):
     return x, context_channels(w, torch.rand((n, 1, S + 2 * m, S + 2 * m), generator=g) < 0.5)
 
 
-@pytest.mark.parametrize("config", ["tiny", "tiny-scalar", "tiny-nolatent", "tiny-lv"])
+@pytest.mark.parametrize("config", ["tiny", "tiny-scalar", "tiny-nolatent", "tiny-lv", "tiny-dec"])
 def test_the_loss_and_the_codecs_arithmetic_differ_only_in_precision(config):
     m = make_tiny_model(1, config)
     x, ctx = _inputs(m)

@@ -152,3 +152,40 @@ def test_terms_match_a_direct_computation():
     assert torch.allclose(got.total.double(), diffusion + (recon.flatten(1).sum(1) + prior.flatten(1).sum(1)
                                                            + latent.flatten(1).sum(1)) * bits, rtol=2e-3)
     assert diffusion.std() > 0.1 * diffusion.mean()  # the rows really are different steps
+
+
+def test_the_denoiser_decoder_is_centred_on_x_hat_and_as_wide_as_its_error():
+    """`ModelConfig.decoder` "denoiser": p(x | z_0) at x-hat = (z_0 - sigma_0 eps-hat) / alpha_0,
+    std sigma_0 / alpha_0 sqrt(mse-hat) in pixels: the true eps puts it on x itself."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, (64,), generator=g)
+    g0 = torch.full((64,), -10.5, dtype=torch.float64)
+    a0, s0 = alpha_sigma(g0)
+    eps = torch.randn(64, generator=g, dtype=torch.float64)
+    z0 = a0 * to_unit(x).double() + s0 * eps
+    mse = torch.rand(64, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    mean, std = decoder_params(z0, g0, eps_hat=eps, mse_hat=mse)
+    assert torch.allclose(mean, x.double(), atol=1e-6)
+    assert torch.allclose(std, torch.exp(0.5 * g0) * mse.sqrt() * 128.0)
+    # VDM's decoder at the same z_0 is off by the noise, and wider
+    vdm_mean, vdm_std = decoder_params(z0, g0)
+    assert torch.allclose(vdm_mean - mean, eps * torch.exp(0.5 * g0) * 128.0)
+    assert torch.all(vdm_std > std)
+    xs = torch.arange(256, dtype=torch.float64)
+    nll = discretized_gaussian_nll(xs, mean[0].expand(256), std[0].expand(256)).double()
+    assert abs(torch.exp(-nll).sum().item() - 1) < 1e-5
+
+
+def test_the_denoiser_decoder_needs_a_learned_variance():
+    import dataclasses
+
+    import pytest
+
+    from mulancodec.model.configs import CONFIGS
+
+    cfg = CONFIGS["tiny-dec"].model
+    cfg.validate()
+    with pytest.raises(ValueError, match="learned reverse variances"):
+        dataclasses.replace(cfg, reverse_variance="fixed").validate()
+    with pytest.raises(ValueError, match="decoder must be"):
+        dataclasses.replace(cfg, decoder="logistic").validate()

@@ -60,15 +60,21 @@ def learned_variance_model(model):
     return lv
 
 
-@pytest.fixture(scope="module", params=["fixed variance", "learned variance", "T-trained"])
+@pytest.fixture(scope="module", params=["fixed variance", "learned variance", "T-trained", "denoiser decoder"])
 def setup(request):
     """A trained model (a random one's -ELBO_T is too heavy-tailed to estimate) on smooth tiles."""
     from mulancodec.weights import load_model
 
     torch.set_num_threads(1)
     model = load_model(CIFAR10_LV_MODEL if request.param == "T-trained" else CIFAR10_MODEL).model
-    if request.param == "learned variance":
+    if request.param in ("learned variance", "denoiser decoder"):
         model = learned_variance_model(model)
+    if request.param == "denoiser decoder":  # p(x | z_0) through the network (`decoder_params`)
+        from mulancodec.model.mulan import MuLAN
+
+        dec = MuLAN(dataclasses.replace(model.cfg, decoder="denoiser")).eval()
+        dec.load_state_dict(model.state_dict())
+        model = dec
     S = model.cfg.tile
     rng = np.random.default_rng(11)
     tiles = np.stack([smooth_image(rng, S, S, 3) for _ in range(N_TILES)])

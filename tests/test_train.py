@@ -290,3 +290,34 @@ def test_train_rotate_reaches_the_crops(train_npz, tmp_path):
     args = TrainArgs([str(train_npz)], tmp_path / "r")
     assert _data(args, on)[0].rotate and not _data(args, cfg)[0].rotate
     assert on.train.to_dict()["rotate"] and not cfg.train.rotate  # saved in a run's config.json
+
+
+def test_ends_lr_scale_moves_the_end_points_faster_and_resumes_exactly(train_npz, tmp_path):
+    """`train.ends_lr_scale`: gamma(0) and gamma(1) get a learning rate of their own (a group
+    of the optimizer's own), so a new decoder can move them; checkpoints keep the group."""
+    from mulancodec.model.configs import CONFIGS
+
+    def config(scale: float) -> str:
+        cfg = CONFIGS["tiny-dec"].to_dict()
+        cfg["train"]["ends_lr_scale"] = scale
+        p = tmp_path / f"cfg-{scale}.json"
+        p.write_text(json.dumps(cfg))
+        return str(p)
+
+    def ends(out: Path) -> np.ndarray:
+        return load_file(str(out / "train" / "raw.safetensors"))["schedule_net.ends"].numpy()
+
+    start = np.array([CONFIGS["tiny-dec"].model.gamma_min, 0.0])
+    for scale, out in ((0.0, "plain"), (50.0, "fast")):
+        _run(train_npz, tmp_path / out, 12, config(scale))
+    moved = {o: abs(ends(tmp_path / o)[0] - start[0]) for o in ("plain", "fast")}
+    assert moved["fast"] > 10 * moved["plain"]
+    _run(train_npz, tmp_path / "b", 5, config(50.0))
+    _run(train_npz, tmp_path / "b", 12, config(50.0), resume=True)
+    a, b = load_file(str(tmp_path / "fast" / "train" / "raw.safetensors")), \
+        load_file(str(tmp_path / "b" / "train" / "raw.safetensors"))
+    assert all(torch_equal(a[k], b[k]) for k in a)
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())

@@ -224,8 +224,10 @@ class TileBatch:
                           False)
 
     def pixel_likelihood(self, k0: np.ndarray) -> PixelGaussian:
-        """p(x | z_0, c) on the pixel grid."""
-        mean, std = decoder_params(self.z(0, k0), self.gamma(0), self.fns)
+        """p(x | z_0, c) on the pixel grid (through the denoiser, for a model whose decoder uses it)."""
+        z0 = self.z(0, k0)
+        net = self.denoise(z0, 0) if self.model.cfg.decoder == "denoiser" else (None, None)
+        mean, std = decoder_params(z0, self.gamma(0), self.fns, *net)
         return PixelGaussian(self.np(mean), self.np(std))
 
     def forward_posterior(self, i: int, k_prev: np.ndarray) -> WindowedGaussian:

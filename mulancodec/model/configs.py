@@ -64,6 +64,11 @@ class ModelConfig:
     # the schedule also sees the context (pixels the decoder has around the tile), so
     # smooth and busy regions get their own schedules at no cost in bits
     schedule_context: bool = False
+    # p(x | z_0): "vdm" (a pixel-grid Gaussian at z_0 / alpha_0, VDM's) or "denoiser" (the
+    # same Gaussian at the denoiser's x-hat(z_0), as wide as its predicted error): the
+    # denoiser's lets the chain stop at a noise std near half a grey level, where VDM's
+    # decoder pays more than the steps below it (`mulan.decoder_params`)
+    decoder: str = "vdm"
 
     @property
     def learned_variance(self) -> bool:
@@ -118,6 +123,10 @@ class ModelConfig:
         if self.schedule_context and not (self.context and self.schedule == "mulan"
                                           and self.latent_channels and self.schedule_head == "conv"):
             raise ValueError("schedule_context needs a context margin and the conv mulan schedule")
+        if self.decoder not in ("vdm", "denoiser"):
+            raise ValueError(f"decoder must be vdm or denoiser, not {self.decoder!r}")
+        if self.decoder == "denoiser" and not self.learned_variance:
+            raise ValueError("the denoiser decoder needs learned reverse variances (its width)")
         if self.schedule not in ("mulan", "scalar", "linear"):
             raise ValueError(f"schedule must be mulan, scalar or linear, not {self.schedule!r}")
         if not self.gamma_min < self.gamma_max:
@@ -168,12 +177,18 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     # quantisation-aware: train under the rounding of the integer model (`qat`, `quantize`)
     quantize: bool = False
+    # the learning rate of the schedule's learned end points, as a multiple of lr (0: lr
+    # itself). Adam moves a parameter about lr a step whatever its gradient, so at lr 1e-4
+    # gamma(0) would take 10,000 steps to move by 1: a new decoder needs it to move
+    ends_lr_scale: float = 0.0
 
     def __post_init__(self) -> None:
         # checked here, not where a new run starts: a resumed run's edited config.json too
         if not isinstance(self.ema_warmup, int) or self.ema_warmup < 1:
             raise ValueError(f"train.ema_warmup must be an integer of at least 1, "
                              f"not {self.ema_warmup!r}")
+        if not 0.0 <= self.ends_lr_scale <= 1e4:
+            raise ValueError(f"train.ends_lr_scale must be in [0, 1e4], not {self.ends_lr_scale!r}")
         if self.anneal_start < 0 or self.anneal_steps < 0 or not 0.0 < self.anneal_final <= 1.0:
             raise ValueError("train.anneal_start and anneal_steps must be at least 0 and anneal_final "
                              f"in (0, 1], not {self.anneal_start}, {self.anneal_steps}, {self.anneal_final}")
@@ -244,6 +259,10 @@ CONFIGS: dict[str, Config] = {
         mults=(1, 3, 2), blocks=2, attn_res=(8,), context=8, full_blocks=1, schedule_context=True,
         reverse_variance="learned", learned_ends=True),
         dataclasses.replace(_TINY_TRAIN, loss_steps=10, loss_steps_mix=(5, 10))),
+    # tiny-lv with the denoiser's p(x | z_0) (`ModelConfig.decoder`)
+    "tiny-dec": Config("tiny-dec", _tiny_model(context=8, reverse_variance="learned", learned_ends=True,
+                                               decoder="denoiser"),
+                       dataclasses.replace(_TINY_TRAIN, loss_steps=10, loss_steps_mix=(5, 10))),
     "tiny-linear": Config("tiny-linear", _tiny_model(schedule="linear", latent_channels=0), _TINY_TRAIN),
     # The ablations at 32x32 and CPU scale, trained for equal steps (runs compared in the model issue's closing note).
     **{f"mini{suffix}": Config(f"mini{suffix}", ModelConfig(

@@ -109,16 +109,28 @@ def reverse_step_kl(g_s: Tensor, g_t: Tensor, eps: Tensor, eps_hat: Tensor,
     return 0.5 * (torch.log1p(r) + (err - r) / (1.0 + r))
 
 
-def decoder_params(z0: Tensor, g0: Tensor, fns: Elementary = TORCH) -> tuple[Tensor, Tensor]:
+def decoder_params(z0: Tensor, g0: Tensor, fns: Elementary = TORCH, eps_hat: Tensor | None = None,
+                   mse_hat: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """p(x | z_0): a Gaussian on the pixel grid, as (mean, std) in pixel units.
 
     The likelihood of pixel k is the Gaussian's mass on [k - 1/2, k + 1/2],
     renormalised over [-1/2, 255 + 1/2]: exactly constriction's QuantizedGaussian.
+    VDM's (no eps_hat) is centred at z_0 / alpha_0 with z_0's noise std. With the
+    denoiser's (eps_hat, mse_hat) at z_0 (`ModelConfig.decoder` "denoiser") it is centred
+    at x-hat = (z_0 - sigma_0 eps-hat) / alpha_0 and its std is x-hat's predicted error,
+    sigma_0 / alpha_0 sqrt(mse-hat): sharp where the neighbours tell the pixel, so the
+    chain can end at a noise std near half a grey level instead of spending steps below.
     """
     a0, _ = alpha_sigma(g0, fns)
     scale = BINS / 2
-    mean = (z0 / a0 + 1.0) * scale - 0.5
-    std = fns.exp(0.5 * g0) * scale
+    noise = fns.exp(0.5 * g0)  # sigma_0 / alpha_0
+    if eps_hat is None:
+        mean = (z0 / a0 + 1.0) * scale - 0.5
+        std = noise * scale
+        return mean, std.expand_as(mean)
+    assert mse_hat is not None, "the denoiser decoder needs mse-hat"
+    mean = ((z0 / a0 - noise * eps_hat) + 1.0) * scale - 0.5
+    std = noise * fns.sqrt(mse_hat) * scale
     return mean, std.expand_as(mean)
 
 
@@ -188,6 +200,7 @@ class ElboModel(Protocol):
     """What `elbo` asks of a model: the codec's interface (`MuLAN`, `IntegerMuLAN`)."""
 
     elementary: Elementary
+    cfg: ModelConfig
 
     def eval(self) -> "ElboModel": ...
 
@@ -268,7 +281,8 @@ def elbo(model: ElboModel, x: Tensor, draws: Draws, ctx: Tensor | None = None,
     # 1. reconstruction: -log p(x | z_0), z_0 ~ q(z_0 | x)
     m0, s0 = data_posterior(xu, g0, fns)
     z0 = m0 + s0 * draws.z0(tuple(xu.shape))
-    recon = discretized_gaussian_nll(x, *decoder_params(z0, g0, fns)).to(arith.dtype)
+    net = _decoder_net(model, z0, g0, c, ctx, arith)
+    recon = discretized_gaussian_nll(x, *decoder_params(z0, g0, fns, *net)).to(arith.dtype)
     # 2. prior: KL(q(z_1 | x) || N(0, 1))
     a1, s1 = alpha_sigma(g1, fns)
     prior = std_normal_kl(a1 * xu, s1.expand_as(xu))
@@ -276,6 +290,17 @@ def elbo(model: ElboModel, x: Tensor, draws: Draws, ctx: Tensor | None = None,
     diffusion = draws.diffusion(partial(_step_loss, model, xu, sched, c, ctx, arith), tuple(xu.shape))
     k = 1.0 / (x[0].numel() * LN2)
     return Terms(diffusion * k, recon.flatten(1).sum(1) * k, prior.flatten(1).sum(1) * k, latent * k)
+
+
+def _decoder_net(model: ElboModel, z0: Tensor, g0: Tensor, c: Tensor | None, ctx: Tensor | None,
+                 arith: Arithmetic) -> tuple[Tensor | None, Tensor | None]:
+    """The denoiser's (eps-hat, mse-hat) at z_0 for a model whose p(x | z_0) uses them, else
+    (None, None): the one extra network call of the reconstruction term."""
+    if model.cfg.decoder != "denoiser":
+        return None, None
+    g0 = arith.gamma(g0, z0)
+    eps_hat, mse_hat = model.denoise(z0.float(), g0.float(), c, ctx)
+    return eps_hat.to(arith.dtype), None if mse_hat is None else mse_hat.to(arith.dtype)
 
 
 def _latent(model: ElboModel, xu: Tensor, draws: Draws,

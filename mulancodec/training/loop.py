@@ -264,10 +264,13 @@ def _build(args: TrainArgs, cfg: Config, device: torch.device) -> _Run:
     if tc.quantize:
         qat.attach(model)  # the EMA copy below gets the hooks too: it is evaluated quantised
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    ends = [p for n, p in model.named_parameters() if n == "schedule_net.ends"] if tc.ends_lr_scale else []
     decay = [p for p in model.parameters() if p.dim() > 1]
-    other = [p for p in model.parameters() if p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": other, "weight_decay": 0.0}], lr=tc.lr, betas=tc.adam_betas)
+    other = [p for p in model.parameters() if p.dim() <= 1 and not any(p is e for e in ends)]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    if ends:  # a group of its own only then, so the checkpoints of runs without it still load
+        groups.append({"params": ends, "weight_decay": 0.0, "lr_scale": tc.ends_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.adam_betas)
     run = _Run(cfg, model, ema, opt, TrainState(), init_id=init_id)
     if args.resume:
         run.st, exact = load_checkpoint(args.out, model, ema, opt, device)
@@ -345,7 +348,7 @@ def _step(run: _Run, net: Any, batch: TileSet, gen: torch.Generator, rank: int,
     torch.manual_seed(step_seed)
     gen.manual_seed(step_seed)
     for g in run.opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     run.model.train()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         terms = net(x, tc.steps_at(st.step), gen, ctx)

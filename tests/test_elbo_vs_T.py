@@ -65,3 +65,28 @@ def test_reuse_reads_stored_bounds_only_for_the_same_weights_and_draws(tmp_path,
     with pytest.raises(SystemExit, match="other draws"):
         elbo_vs_T.main(common + ["--model", str(tiny_model_path), "--seed", "1",
                                  "--reuse", str(first / "elbo_vs_T.json"), "--out", str(tmp_path / "x")])
+
+
+def test_strata_give_the_integer_cost_estimator_on_the_same_draws_for_every_model(tmp_path, tiny_model_path,
+                                                                                   other_model_path):
+    """--strata K: the T-step bound from K stratified steps per tile (`quantcost.paired_elbo`),
+    one seed for every model, so two models are paired even where single steps pair badly."""
+    from mulancodec.exact.quantcost import paired_elbo
+    from mulancodec.training.data import TileSet
+    from mulancodec.weights import load_model
+
+    rng = np.random.default_rng(5)
+    x = np.stack([smooth_image(rng, 16, 16, 3) for _ in range(8)])
+    np.savez(tmp_path / "d.npz", x=x)
+    out = tmp_path / "out"
+    args = ["--data", str(tmp_path / "d.npz"), "--model", str(tiny_model_path), "--model", str(other_model_path),
+            "--steps", "4", "--strata", "2", "--repeats", "2", "--seed", "3", "--batch-size", "4", "--out", str(out)]
+    assert elbo_vs_T.main(args) == 0
+    res = json.loads((out / "elbo_vs_T.json").read_text())
+    assert res["strata"] == 2
+    for path in (tiny_model_path, other_model_path):
+        model = load_model(path).model
+        want = sum(paired_elbo({"m": model}, TileSet(x), 4, 2, 4, 3 + r)["m"]["total"] for r in range(2)) / 2
+        assert np.allclose(res["per_tile"][str(path)]["4"], want, atol=1e-6)
+    with pytest.raises(SystemExit, match="does not divide"):
+        elbo_vs_T.main(args[:-6] + ["--strata", "3", "--out", str(tmp_path / "x")])

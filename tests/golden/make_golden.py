@@ -5,7 +5,7 @@ integer scheme needs its own file): the golden files pin the bytes earlier
 releases wrote, so a change in how files decode is caught by the tests instead of
 being silently re-recorded. From the repository root:
 
-    python tests/golden/make_golden.py [v3 | v3-scheme2 | v3-photo3 | v3-photo4 | v4]
+    python tests/golden/make_golden.py [v3 | v3-scheme2 | v3-photo3 | v3-photo4 | v3-photo5 | v4]
 
 It writes the current version's files only: files of earlier versions are never
 rewritten, they must keep decoding.
@@ -29,6 +29,9 @@ model of the time (now photo-int-v2), two threads.
 Version 3, the third photo-int (`v3-photo3`, from images_v3_photo3, as v3_photo3.mlc and
 expected_v3_photo3.npz): a 70x40 RGB image like v3_scheme2's, with the photo-int shipped on
 2026-12-06 (trained on both photo sets; now photo-int-v3), two threads.
+Version 3, the fifth photo-int (`v3-photo5`, from images_v3_photo5, as v3_photo5.mlc and
+expected_v3_photo5.npz): the same kind of image with the photo-int shipped in the fifth
+session of 2026-12-06, the first whose p(x | z_0) runs through the denoiser; two threads.
 Version 3, the fourth photo-int (`v3-photo4`, from images_v3_photo4, as v3_photo4.mlc and
 expected_v3_photo4.npz): the same kind of image with the photo-int shipped in the fourth
 session of 2026-12-06 (the standing job's weights), two threads.
@@ -110,6 +113,11 @@ def images_v3_photo4() -> dict[str, list]:
     return {"v3_photo4": [with_meta(_gradient(40, 70, 3, 21))]}
 
 
+def images_v3_photo5() -> dict[str, list]:
+    """The fifth photo-int's golden file's image (its p(x | z_0) runs through the denoiser)."""
+    return {"v3_photo5": [with_meta(_gradient(40, 70, 3, 22))]}
+
+
 def images_v4() -> dict[str, list]:
     """The version-4 golden file's image."""
     return {"v4_adapted": [with_meta(_gradient(40, 36, 3, 19))]}
@@ -171,7 +179,8 @@ def main(which: str = "v3") -> None:
         make_v4()
         return
     import torch
-    from conftest import CIFAR10_INT_MODEL, PHOTO_INT_MODEL, PHOTO_INT_V2_MODEL, PHOTO_INT_V3_MODEL
+    from conftest import (CIFAR10_INT_MODEL, PHOTO_INT_MODEL, PHOTO_INT_V2_MODEL, PHOTO_INT_V3_MODEL,
+                          PHOTO_INT_V4_MODEL)
 
     import mulancodec as mc
     from mulancodec.imaging import image as img
@@ -179,7 +188,8 @@ def main(which: str = "v3") -> None:
     make, model, out = {"v3": (images_v3, CIFAR10_INT_MODEL, "expected_v3.npz"),
                         "v3-scheme2": (images_v3_scheme2, PHOTO_INT_V2_MODEL, "expected_v3_scheme2.npz"),
                         "v3-photo3": (images_v3_photo3, PHOTO_INT_V3_MODEL, "expected_v3_photo3.npz"),
-                        "v3-photo4": (images_v3_photo4, PHOTO_INT_MODEL, "expected_v3_photo4.npz")}[which]
+                        "v3-photo4": (images_v3_photo4, PHOTO_INT_V4_MODEL, "expected_v3_photo4.npz"),
+                        "v3-photo5": (images_v3_photo5, PHOTO_INT_MODEL, "expected_v3_photo5.npz")}[which]
     torch.set_num_threads(2)  # not recorded: version 3 decodes under any thread count
     lm = mc.api.get_model(model, torch.device("cpu"))
     expected: dict[str, np.ndarray] = {}

@@ -316,8 +316,6 @@ def test_ends_lr_scale_moves_the_end_points_faster_and_resumes_exactly(train_npz
     _run(train_npz, tmp_path / "b", 12, config(50.0), resume=True)
     a, b = load_file(str(tmp_path / "fast" / "train" / "raw.safetensors")), \
         load_file(str(tmp_path / "b" / "train" / "raw.safetensors"))
-    assert all(torch_equal(a[k], b[k]) for k in a)
-
-
-def torch_equal(a, b) -> bool:
-    return bool((a == b).all())
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), f"{k} differs after resume"

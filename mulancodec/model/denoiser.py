@@ -50,7 +50,11 @@ def timestep_embedding(t: Tensor, dim: int) -> Tensor:
 
 
 def fourier_features(z: Tensor, powers: tuple[int, ...]) -> Tensor:
-    """sin/cos of 2^n * pi * z for each power n: periods of 2^(7-n) data bins."""
+    """sin/cos of 2^n * pi * z for each power n: periods of 2^(8-n) data bins.
+
+    z spans [-1, 1], 256 bins, so a bin is 2^-7 wide and sin(2^n pi z) repeats every
+    2^(1-n) = 2^(8-n) bins: the shipped powers (6, 7) see periods of 4 and 2 grey levels.
+    """
     if not powers:
         return z.new_zeros(z.shape[0], 0, *z.shape[2:])
     freqs = torch.tensor([2.0 ** n * math.pi for n in powers], device=z.device, dtype=z.dtype)

@@ -27,14 +27,6 @@ CIFAR10_MODEL = ROOT / "models" / "cifar10-v1" / "model.safetensors"
 CIFAR10_LV_MODEL = ROOT / "models" / "cifar10" / "model.safetensors"
 # An integer model (format version 3 files; the version-3 golden files are made with it).
 CIFAR10_INT_MODEL = ROOT / "models" / "cifar10-int" / "model.safetensors"
-# Integer models of scheme 2 (zero-point grids): the v3_scheme2 golden file was made with
-# the second shipped photo-int (now photo-int-v2), v3_photo3 with the third (now photo-int-v3),
-# v3_photo4 with the fourth (now photo-int-v4), v3_photo5 with the fifth (photo-int: the
-# first whose p(x | z_0) runs through the denoiser).
-PHOTO_INT_V2_MODEL = ROOT / "models" / "photo-int-v2" / "model.safetensors"
-PHOTO_INT_V3_MODEL = ROOT / "models" / "photo-int-v3" / "model.safetensors"
-PHOTO_INT_V4_MODEL = ROOT / "models" / "photo-int-v4" / "model.safetensors"
-PHOTO_INT_MODEL = ROOT / "models" / "photo-int" / "model.safetensors"
 
 
 def training_like_inputs(model, x, gen):

@@ -4,10 +4,8 @@ The files in tests/golden/ were made by tests/golden/make_golden.py at T=3: with
 shipped CIFAR-10 model (CPU, one thread) version 1 files (FILES_V1) before version 2
 existed and version 2 files (v2_*, with metadata) before version 3; with its integer
 model (cifar10-int, integer scheme 1, two threads) version 3 files (v3_*), which decode
-anywhere, with the second photo-int (now photo-int-v2, integer scheme 2) v3_scheme2 and with
-the third (now photo-int-v3, 2026-12-06) v3_photo3, with the fourth (now photo-int-v4,
-2026-12-06, fourth session) v3_photo4 and with the fifth (photo-int, fifth session: its
-p(x | z_0) runs through the denoiser) v3_photo5; with a tiny integer model stored
+anywhere, and with each shipped photo-int (integer scheme 2) its own v3_scheme2 or
+v3_photoN (make_golden.PHOTO_GOLDEN says which model made which); with a tiny integer model stored
 beside them (v4_tiny_int.safetensors) v4_adapted, an adapted file (format version 4: deltas
 to the model's norms and biases in the header). They pin the
 on-disk format and the coding chain: if a change makes them decode differently
@@ -22,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (CIFAR10_INT_MODEL, CIFAR10_MODEL, PHOTO_INT_MODEL, PHOTO_INT_V2_MODEL, PHOTO_INT_V3_MODEL,
-                      PHOTO_INT_V4_MODEL)
+from conftest import CIFAR10_INT_MODEL, CIFAR10_MODEL
+from golden.make_golden import PHOTO_GOLDEN, photo_model
 
 import mulancodec as mc
 from mulancodec.api import env_tag, get_model
@@ -33,14 +31,13 @@ from mulancodec.exact.intops import bf16_operands
 GOLDEN = Path(__file__).resolve().parent / "golden"
 FILES_V1 = ["rgb", "stream", "grey", "rgba", "palette"]
 FILES_V2 = ["v2_meta", "v2_stream", "v2_embedded"]
-FILES_V3 = ["v3_meta", "v3_stream", "v3_scheme2", "v3_photo3", "v3_photo4", "v3_photo5"]
+FILES_V3 = ["v3_meta", "v3_stream", *PHOTO_GOLDEN]
 FILES_V4 = ["v4_adapted"]
 TINY_INT_MODEL = GOLDEN / "v4_tiny_int.safetensors"
 VERSION_OF = {**{n: 1 for n in FILES_V1}, **{n: 2 for n in FILES_V2}, **{n: 3 for n in FILES_V3},
               **{n: 4 for n in FILES_V4}}
 MODEL_OF = {**{n: CIFAR10_MODEL for n in FILES_V1 + FILES_V2}, **{n: CIFAR10_INT_MODEL for n in FILES_V3},
-            "v3_scheme2": PHOTO_INT_V2_MODEL, "v3_photo3": PHOTO_INT_V3_MODEL, "v3_photo4": PHOTO_INT_V4_MODEL,
-            "v3_photo5": PHOTO_INT_MODEL,
+            **{n: photo_model(n) for n in PHOTO_GOLDEN},
             "v4_adapted": TINY_INT_MODEL}
 FILES = FILES_V1 + FILES_V2 + FILES_V3 + FILES_V4
 
@@ -57,9 +54,8 @@ def models():
 @pytest.fixture(scope="module")
 def expected() -> dict[str, np.ndarray]:
     out = {}
-    for f in ("expected.npz", "expected_v2.npz", "expected_v3.npz", "expected_v3_scheme2.npz",
-              "expected_v3_photo3.npz", "expected_v3_photo4.npz", "expected_v3_photo5.npz",
-              "expected_v4.npz"):
+    for f in ("expected.npz", "expected_v2.npz", "expected_v3.npz",
+              *(f"expected_{n}.npz" for n in PHOTO_GOLDEN), "expected_v4.npz"):
         with np.load(GOLDEN / f, allow_pickle=False) as z:
             out.update({k: z[k] for k in z.files})
     return out
@@ -141,10 +137,9 @@ def test_todays_encoder_writes_the_version_3_golden_files_again(models):
     """Without adaptation (effort 7, --adapt 0: the defaults) an encoder writes exactly the
     files it wrote before efforts and adaptation existed: the version-3 golden files,
     byte for byte (an integer model's files do not depend on the machine)."""
-    from golden.make_golden import STEPS, images_v3, images_v3_photo3, images_v3_photo4, images_v3_photo5, images_v3_scheme2
+    from golden.make_golden import STEPS, images_photo, images_v3
 
-    for name, ims in {**images_v3(), **images_v3_scheme2(), **images_v3_photo3(), **images_v3_photo4(),
-                      **images_v3_photo5()}.items():
+    for name, ims in {**images_v3(), **images_photo()}.items():
         lm = models[name]
         for kw in ({}, {"effort": 7}, {"adapt": 0}):
             if name.endswith("stream"):

@@ -5,7 +5,7 @@ integer scheme needs its own file): the golden files pin the bytes earlier
 releases wrote, so a change in how files decode is caught by the tests instead of
 being silently re-recorded. From the repository root:
 
-    python tests/golden/make_golden.py [v3 | v3-scheme2 | v3-photo3 | v3-photo4 | v3-photo5 | v4]
+    python tests/golden/make_golden.py [v3 | v3-scheme2 | v3-photoN | v4]
 
 It writes the current version's files only: files of earlier versions are never
 rewritten, they must keep decoding.
@@ -22,19 +22,9 @@ with the shipped integer CIFAR-10 model (cifar10-int), whose files decode on any
 machine and thread count: v3_meta.mlc (RGB with every kind of metadata) and
 v3_stream.mlc (an RGB image with metadata, a grey one and an RGBA one, in
 batches of at most two tiles), encoded with two threads.
-Version 3, integer scheme 2 (`v3-scheme2`, from images_v3_scheme2, as
-v3_scheme2.mlc and expected_v3_scheme2.npz): a 70x40 RGB image (two 64x64 tiles,
-partial, the first seeing the second as context) with the shipped photo-int
-model of the time (now photo-int-v2), two threads.
-Version 3, the third photo-int (`v3-photo3`, from images_v3_photo3, as v3_photo3.mlc and
-expected_v3_photo3.npz): a 70x40 RGB image like v3_scheme2's, with the photo-int shipped on
-2026-12-06 (trained on both photo sets; now photo-int-v3), two threads.
-Version 3, the fifth photo-int (`v3-photo5`, from images_v3_photo5, as v3_photo5.mlc and
-expected_v3_photo5.npz): the same kind of image with the photo-int shipped in the fifth
-session of 2026-12-06, the first whose p(x | z_0) runs through the denoiser; two threads.
-Version 3, the fourth photo-int (`v3-photo4`, from images_v3_photo4, as v3_photo4.mlc and
-expected_v3_photo4.npz): the same kind of image with the photo-int shipped in the fourth
-session of 2026-12-06 (the standing job's weights), two threads.
+Version 3, integer scheme 2, one file per shipped photo-int (`v3-scheme2`, `v3-photoN`, from
+images_photo, as v3_scheme2.mlc or v3_photoN.mlc and expected_<name>.npz): a 70x40 RGB image
+with the photo-int of its time, two threads; PHOTO_GOLDEN names each file's model.
 Version 4 (`v4`, from images_v4, as v4_adapted.mlc and expected_v4.npz): a 40x36 RGB
 image with every kind of metadata, adapted to the image (`compress(..., adapt=3)`, the
 deltas kept whatever they save), with a tiny integer model made here and stored beside
@@ -98,24 +88,28 @@ def images_v3() -> dict[str, list]:
     }
 
 
-def images_v3_scheme2() -> dict[str, list]:
-    """The integer-scheme-2 golden file's image."""
-    return {"v3_scheme2": [with_meta(_gradient(40, 70, 3, 18))]}
+# The photo-int golden files (version 3, integer scheme 2), one per shipped photo-int:
+# file name -> (the model it was made with, a folder of models/, and the seed of its 70x40
+# RGB image: two 64x64 tiles, partial, the first seeing the second as context). Shipping a
+# new photo-int renames the old one (photo-int -> photo-int-vN): change its row here, then
+# add a row for the new model's file and make it with `make_golden.py v3-photoN`.
+PHOTO_GOLDEN = {
+    "v3_scheme2": ("photo-int-v2", 18),  # the second photo-int (the first of scheme 2)
+    "v3_photo3": ("photo-int-v3", 20),  # the third: trained on both photo sets
+    "v3_photo4": ("photo-int-v4", 21),  # the fourth: the standing job's weights
+    "v3_photo5": ("photo-int", 22),  # the fifth: its p(x | z_0) runs through the denoiser
+}
+MODELS = HERE.parents[1] / "models"
 
 
-def images_v3_photo3() -> dict[str, list]:
-    """The third photo-int's golden file's image."""
-    return {"v3_photo3": [with_meta(_gradient(40, 70, 3, 20))]}
+def photo_model(name: str) -> Path:
+    """The shipped integer model a photo-int golden file was made with."""
+    return MODELS / PHOTO_GOLDEN[name][0] / "model.safetensors"
 
 
-def images_v3_photo4() -> dict[str, list]:
-    """The fourth photo-int's golden file's image."""
-    return {"v3_photo4": [with_meta(_gradient(40, 70, 3, 21))]}
-
-
-def images_v3_photo5() -> dict[str, list]:
-    """The fifth photo-int's golden file's image (its p(x | z_0) runs through the denoiser)."""
-    return {"v3_photo5": [with_meta(_gradient(40, 70, 3, 22))]}
+def images_photo() -> dict[str, list]:
+    """The photo-int golden files' images, by file name."""
+    return {name: [with_meta(_gradient(40, 70, 3, seed))] for name, (_, seed) in PHOTO_GOLDEN.items()}
 
 
 def images_v4() -> dict[str, list]:
@@ -179,21 +173,20 @@ def main(which: str = "v3") -> None:
         make_v4()
         return
     import torch
-    from conftest import (CIFAR10_INT_MODEL, PHOTO_INT_MODEL, PHOTO_INT_V2_MODEL, PHOTO_INT_V3_MODEL,
-                          PHOTO_INT_V4_MODEL)
+    from conftest import CIFAR10_INT_MODEL
 
     import mulancodec as mc
     from mulancodec.imaging import image as img
 
-    make, model, out = {"v3": (images_v3, CIFAR10_INT_MODEL, "expected_v3.npz"),
-                        "v3-scheme2": (images_v3_scheme2, PHOTO_INT_V2_MODEL, "expected_v3_scheme2.npz"),
-                        "v3-photo3": (images_v3_photo3, PHOTO_INT_V3_MODEL, "expected_v3_photo3.npz"),
-                        "v3-photo4": (images_v3_photo4, PHOTO_INT_V4_MODEL, "expected_v3_photo4.npz"),
-                        "v3-photo5": (images_v3_photo5, PHOTO_INT_MODEL, "expected_v3_photo5.npz")}[which]
+    if which == "v3":
+        images, model, out = images_v3(), CIFAR10_INT_MODEL, "expected_v3.npz"
+    else:  # v3-scheme2, v3-photoN: one photo-int file
+        name = which.replace("-", "_")
+        images, model, out = {name: images_photo()[name]}, photo_model(name), f"expected_{name}.npz"
     torch.set_num_threads(2)  # not recorded: version 3 decodes under any thread count
     lm = mc.api.get_model(model, torch.device("cpu"))
     expected: dict[str, np.ndarray] = {}
-    for name, ims in make().items():
+    for name, ims in images.items():
         if name.endswith("stream"):
             data = mc.compress_many(ims, model=lm, steps=STEPS, device="cpu", max_batch=2,
                                     names=[f"s{i}.png" for i in range(len(ims))])

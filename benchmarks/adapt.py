@@ -51,9 +51,17 @@ def totals(model, tiles, T: int, strata: int, seed: int) -> np.ndarray:
     return paired_elbo({"m": model}, tiles, T, strata, 16, seed)["m"]["total"]
 
 
+def cache_key(model_id: str, image: np.ndarray, subset: int) -> str:
+    """What fine-tuning snapshots depend on besides T, lr and seed: the float model, the
+    image's pixels and the parameter subset (deltas fine-tuned for another model are wrong)."""
+    pixels = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:12]
+    return f"{model_id[:12]}-{pixels}-{subset}"
+
+
 def _snapshots(args: argparse.Namespace, fm, tiles, tensors, key: str) -> dict:
     """The fine-tuning snapshots, from --cache when they are there (the same image pixels,
-    subset, T, lr and seed: `key` names the first two), else fine-tuned (and saved there)."""
+    float model, subset, T, lr and seed: `key` is cache_key's), else fine-tuned (and saved
+    there)."""
     path = Path(args.cache) / f"{key}-T{args.steps}-lr{args.lr}-s{args.seed}.pt" if args.cache else None
     have = torch.load(path) if path is not None and path.exists() else {}
     todo = [k for k in args.snapshots if k not in have]
@@ -90,8 +98,7 @@ def tune(args: argparse.Namespace) -> None:
         for subset in args.subsets:
             tensors = adapt_tensors(fm.config, subset)
             t0 = time.perf_counter()
-            key = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:12]
-            snaps = _snapshots(args, fm, tiles, tensors, f"{key}-{subset}")
+            snaps = _snapshots(args, fm, tiles, tensors, cache_key(fm.model_id, image, subset))
             tune_s = time.perf_counter() - t0
             for k, delta in snaps.items():
                 for e in args.exps:

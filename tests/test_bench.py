@@ -253,3 +253,16 @@ def test_effort_file_record(tiny_model_path):
     assert mulan_bench.embedded_codec(b"RIFF\0\0\0\0WEBPVP8L") == "WebP"
     assert mulan_bench.embedded_codec(b"\xff\x0a...") == "JPEG-XL"
     assert mulan_bench.embedded_codec(b"GIF89a") == "unknown"
+
+
+def test_adapt_benchmark_cache_is_keyed_by_model_image_and_subset():
+    """Cached fine-tuning deltas are reused only for the same float model, pixels and subset:
+    deltas fine-tuned for another model once gave a wrong gain for the shipped one."""
+    from benchmarks.adapt import cache_key
+
+    rng = np.random.default_rng(3)
+    a, b = smooth_image(rng, 16, 16, 3), smooth_image(rng, 16, 16, 3)
+    ids = ("8eec706956f90934", "768a078900efea7c")
+    keys = {cache_key(m, x, s) for m in ids for x in (a, b) for s in (1, 2)}
+    assert len(keys) == 8
+    assert cache_key("8eec706956f90934", a.copy(), 2) == cache_key("8eec706956f90934", a, 2)

@@ -1,6 +1,7 @@
 """Loss terms: exact KLs, the decoder likelihood, and discrete time tending to continuous."""
 import math
 
+import pytest
 import torch
 from conftest import make_tiny_model
 from torch.distributions import Normal, kl_divergence
@@ -91,6 +92,34 @@ def test_terms_are_finite_and_positive():
     t = m.terms(torch.randint(0, 256, (4, 3, 16, 16)))
     for v in (t.diffusion, t.recon, t.prior, t.latent):
         assert torch.all(torch.isfinite(v)) and torch.all(v >= 0)
+
+
+def test_recon_fraction_estimates_the_reconstruction_from_some_rows_weighted_up():
+    """Training's cheaper reconstruction estimate: with the same generator state, the rows
+    it picks carry batch / k times their own term and the others none (so it is unbiased),
+    and a fraction of 1 draws nothing more (old runs keep their draws)."""
+    m = make_tiny_model(0, "tiny-dec")
+    x = torch.randint(0, 256, (6, 3, 16, 16))
+
+    def terms(fraction: float):
+        with torch.no_grad():
+            return m.terms(x, 10, torch.Generator().manual_seed(5), recon_fraction=fraction)
+
+    full, again, half = terms(1.0), terms(1.0), terms(0.5)
+    assert torch.equal(full.recon, again.recon) and torch.equal(full.diffusion, again.diffusion)
+    picked = half.recon != 0
+    assert int(picked.sum()) == 3
+    assert torch.allclose(half.recon[picked], 2 * full.recon[picked], rtol=1e-5)
+    assert torch.equal(half.prior, full.prior) and torch.equal(half.latent, full.latent)
+    assert int((terms(0.01).recon != 0).sum()) == 1  # at least one row
+
+
+def test_recon_fraction_is_checked():
+    from mulancodec.model.configs import TrainConfig
+
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="recon_fraction"):
+            TrainConfig(recon_fraction=bad)
 
 
 def _posterior(mean_s, var_s, ratio, var_ts, z_t):

@@ -215,6 +215,8 @@ class ElboModel(Protocol):
 # The diffusion loss per subpixel (nats) at time t, given s (the discrete step s -> t, or
 # None for the continuous-time integrand) and the noise eps of z_t.
 StepLoss = Callable[[Tensor, Tensor | None, Tensor], Tensor]
+# The reconstruction term per image (nats) of the batch rows given (None: every row).
+ReconLoss = Callable[[Tensor | None], Tensor]
 
 
 class Draws(Protocol):
@@ -233,14 +235,25 @@ class Draws(Protocol):
         """The diffusion term per image (nats) from `step` at the times drawn."""
         ...
 
+    def reconstruction(self, recon: ReconLoss, batch: int) -> Tensor:
+        """The reconstruction term per image (nats) from `recon`: every row, or an
+        unbiased estimate from some of them."""
+        ...
+
 
 class AntitheticDraws:
     """VDM's estimator (the training loss): one time per image, antithetically spaced
-    (or given), continuous or rounded up to one of `steps` steps, all from `generator`."""
+    (or given), continuous or rounded up to one of `steps` steps, all from `generator`.
+
+    recon_fraction < 1 estimates the reconstruction term from that fraction of the batch's
+    rows, drawn at random and weighted up: a decoder that runs the denoiser costs a second
+    network call per row, and its term varies far less than one drawn diffusion step's.
+    """
 
     def __init__(self, generator: torch.Generator | None, device: torch.device, steps: int = 0,
-                 t: Tensor | None = None) -> None:
+                 t: Tensor | None = None, recon_fraction: float = 1.0) -> None:
         self.generator, self.device, self.steps, self.t = generator, device, steps, t
+        self.recon_fraction = recon_fraction
 
     def latent(self, shape: tuple[int, ...]) -> Tensor:
         return torch.randn(shape, device=self.device, generator=self.generator)
@@ -260,6 +273,17 @@ class AntitheticDraws:
         if T:  # T times one uniformly chosen step's KL: unbiased for the sum over steps
             per_dim = T * per_dim
         return per_dim.flatten(1).sum(1)
+
+    def reconstruction(self, recon: ReconLoss, batch: int) -> Tensor:
+        k = max(1, round(batch * self.recon_fraction))
+        if k >= batch:
+            return recon(None)
+        # k of the batch rows, each weighted batch / k: each row is in with probability
+        # k / batch, so every image's estimate (and the batch mean) stays unbiased
+        rows = torch.randperm(batch, device=self.device, generator=self.generator)[:k]
+        part = recon(rows)
+        out = torch.zeros(batch, dtype=part.dtype, device=part.device)
+        return out.index_copy(0, rows, part * (batch / k))
 
 
 def elbo(model: ElboModel, x: Tensor, draws: Draws, ctx: Tensor | None = None,
@@ -281,15 +305,27 @@ def elbo(model: ElboModel, x: Tensor, draws: Draws, ctx: Tensor | None = None,
     # 1. reconstruction: -log p(x | z_0), z_0 ~ q(z_0 | x)
     m0, s0 = data_posterior(xu, g0, fns)
     z0 = m0 + s0 * draws.z0(tuple(xu.shape))
-    net = _decoder_net(model, z0, g0, c, ctx, arith)
-    recon = discretized_gaussian_nll(x, *decoder_params(z0, g0, fns, *net)).to(arith.dtype)
+    recon = draws.reconstruction(partial(_recon_loss, model, x, z0, g0, c, ctx, arith), len(x))
     # 2. prior: KL(q(z_1 | x) || N(0, 1))
     a1, s1 = alpha_sigma(g1, fns)
     prior = std_normal_kl(a1 * xu, s1.expand_as(xu))
     # 3. diffusion: the sum over steps (or integral over t) of the reverse steps' KLs
     diffusion = draws.diffusion(partial(_step_loss, model, xu, sched, c, ctx, arith), tuple(xu.shape))
     k = 1.0 / (x[0].numel() * LN2)
-    return Terms(diffusion * k, recon.flatten(1).sum(1) * k, prior.flatten(1).sum(1) * k, latent * k)
+    return Terms(diffusion * k, recon * k, prior.flatten(1).sum(1) * k, latent * k)
+
+
+def _recon_loss(model: ElboModel, x: Tensor, z0: Tensor, g0: Tensor, c: Tensor | None,
+                ctx: Tensor | None, arith: Arithmetic, rows: Tensor | None) -> Tensor:
+    """-log p(x | z_0) per image (nats) of the batch rows given (None: all of them)."""
+    if rows is not None:
+        def pick(v: Tensor | None) -> Tensor | None:  # a batch tensor's rows; broadcast ones as they are
+            return v if v is None or v.dim() == 0 or v.shape[0] == 1 else v[rows]
+
+        x, z0, g0, c, ctx = pick(x), pick(z0), pick(g0), pick(c), pick(ctx)
+    net = _decoder_net(model, z0, g0, c, ctx, arith)
+    nll = discretized_gaussian_nll(x, *decoder_params(z0, g0, arith.fns, *net))
+    return nll.to(arith.dtype).flatten(1).sum(1)
 
 
 def _decoder_net(model: ElboModel, z0: Tensor, g0: Tensor, c: Tensor | None, ctx: Tensor | None,
@@ -375,20 +411,21 @@ class MuLAN(nn.Module):
 
     # -- the loss --------------------------------------------------------------------
     def terms(self, x: Tensor, steps: int = 0, generator: torch.Generator | None = None,
-              t: Tensor | None = None, ctx: Tensor | None = None) -> Terms:
+              t: Tensor | None = None, ctx: Tensor | None = None, recon_fraction: float = 1.0) -> Terms:
         """Unbiased single-sample estimates of the -ELBO terms (`elbo`), per image, in bpd.
 
         x: (B, C, H, W) with values 0..255. steps = 0 gives the continuous-time
         diffusion loss; steps = T the exact discrete-time loss at T steps.
         t is sampled with antithetic (low-discrepancy) spacing unless given.
         ctx: the context input of a context model (`context_channels`), or None.
+        recon_fraction: the share of the rows the reconstruction term is estimated from.
         """
-        return elbo(self, x, AntitheticDraws(generator, x.device, steps, t), ctx)
+        return elbo(self, x, AntitheticDraws(generator, x.device, steps, t, recon_fraction), ctx)
 
     def forward(self, x: Tensor, steps: int = 0, generator: torch.Generator | None = None,
-                ctx: Tensor | None = None) -> Terms:
+                ctx: Tensor | None = None, recon_fraction: float = 1.0) -> Terms:
         """Training entry point (so DDP sees a forward call): the loss terms."""
-        return self.terms(x, steps, generator, ctx=ctx)
+        return self.terms(x, steps, generator, ctx=ctx, recon_fraction=recon_fraction)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -351,7 +351,7 @@ def _step(run: _Run, net: Any, batch: TileSet, gen: torch.Generator, rank: int,
         g["lr"] = lr * g.get("lr_scale", 1.0)
     run.model.train()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        terms = net(x, tc.steps_at(st.step), gen, ctx)
+        terms = net(x, tc.steps_at(st.step), gen, ctx, recon_fraction=tc.recon_fraction)
     loss = terms.total.mean()
     run.opt.zero_grad(set_to_none=True)
     loss.backward()

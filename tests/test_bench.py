@@ -266,3 +266,27 @@ def test_adapt_benchmark_cache_is_keyed_by_model_image_and_subset():
     keys = {cache_key(m, x, s) for m in ids for x in (a, b) for s in (1, 2)}
     assert len(keys) == 8
     assert cache_key("8eec706956f90934", a.copy(), 2) == cache_key("8eec706956f90934", a, 2)
+
+
+def test_schedule_adapt_measures_spread_and_shifted_end_points(tmp_path):
+    """benchmarks/schedule_adapt.py on a tiny model with learned end points: the schedule's
+    spread at each t, and paired bounds at gamma(0) shifted, the unshifted one included."""
+    from conftest import make_tiny_model
+
+    from benchmarks import schedule_adapt
+    from mulancodec.weights import save_model
+
+    m = make_tiny_model(0, "tiny-dec")
+    path = tmp_path / "m.safetensors"
+    save_model(m, path)
+    data = _png_folder(tmp_path, [(32, 32), (20, 24)])
+    out = tmp_path / "out"
+    assert schedule_adapt.main(["--data", str(data), "--model", str(path), "--steps", "4", "--strata", "2",
+                                "--g0-shift", "0.5", "--out", str(out)]) == 0
+    res = json.loads((out / "schedule_adapt.json").read_text())
+    assert [r["t"] for r in res["gamma"]] == list(schedule_adapt.TIMES)
+    assert set(res["bounds"]) == {"+0", "+0.5"}
+    assert res["bounds"]["+0"]["all"] != res["bounds"]["+0.5"]["all"]
+    assert res["per_tile_best_of_shifts"] <= min(b["all"] for b in res["bounds"].values()) + 1e-9
+    g = res["gamma"]
+    assert all(g[i]["mean"] < g[i + 1]["mean"] for i in range(len(g) - 1))  # gamma rises with t

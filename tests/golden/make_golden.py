@@ -97,7 +97,8 @@ PHOTO_GOLDEN = {
     "v3_scheme2": ("photo-int-v2", 18),  # the second photo-int (the first of scheme 2)
     "v3_photo3": ("photo-int-v3", 20),  # the third: trained on both photo sets
     "v3_photo4": ("photo-int-v4", 21),  # the fourth: the standing job's weights
-    "v3_photo5": ("photo-int", 22),  # the fifth: its p(x | z_0) runs through the denoiser
+    "v3_photo5": ("photo-int-v5", 22),  # the fifth: its p(x | z_0) runs through the denoiser
+    "v3_photo6": ("photo-int", 23),  # the sixth: the standing job trained on
 }
 MODELS = HERE.parents[1] / "models"
 

@@ -157,8 +157,7 @@ def test_an_adapted_file_round_trips(adapted, ilm, image):
     h = mc.read_header(data)
     assert data[4] == h.version == ADAPTED_VERSION and h.model_id == ilm.model_id
     a = h.chain.adaptation
-    assert a is not None and a.subset == E.subset_for(30) == E.SUBSET
-    assert a.step_exps == E.step_exps(image.size)
+    assert a is not None and a.subset == E.SUBSET and a.step_exps == E.step_exps(image.size)
     assert st.adapt is not None and st.adapt.kept and st.adapt.delta_bytes == len(fmt.adapt_block_bytes(a))
     assert st.adapt.nonzero > 0 and st.adapt.params == a.params
     assert np.array_equal(mc.decompress(data, model=ilm), image)
@@ -229,18 +228,6 @@ def test_effort_levels(ilm, image):
     many = mc.compress_many([image, image[:9, :7]], model=ilm, effort=1)
     assert all(r.method == fmt.METHOD_EMBED for r in mc.read_header(many).images)
     assert all(np.array_equal(a, b) for a, b in zip(mc.decompress_many(many), [image, image[:9, :7]]))
-
-
-def test_long_adaptations_change_every_norm_and_bias(ilm, flm, image, always, monkeypatch):
-    """From ALL_FROM_STEPS fine-tuning steps on, the file's deltas cover every norm and
-    bias (subset 0), and it decodes exactly; shorter ones keep to the up path."""
-    assert E.subset_for(E.ALL_FROM_STEPS - 1) == E.SUBSET != SUBSET_ALL == E.subset_for(E.ALL_FROM_STEPS)
-    monkeypatch.setattr(E, "ALL_FROM_STEPS", 30)
-    data, st = mc.compress_with_stats(image, model=ilm, adapt=30, float_model=flm, fallback=False)
-    a = mc.read_header(data).chain.adaptation
-    assert a is not None and a.subset == SUBSET_ALL and st.adapt.subset == "norms+biases"
-    assert a.params == sum(t.numel for t in adapt_tensors(ilm.config, SUBSET_ALL))
-    assert np.array_equal(mc.decompress(data, model=ilm), image)
 
 
 def test_a_stream_adapts_on_all_its_images(ilm, flm, image, always):

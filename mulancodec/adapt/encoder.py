@@ -1,14 +1,13 @@
 """Adaptation on both sides: the encoder's fine-tune-and-decide, the decoder's adapted model.
 
-Encoder (`adapt_model`): fine-tune the float model's tensors of `subset_for(steps)` on the image's
+Encoder (`adapt_model`): fine-tune the float model's tensors of `SUBSET` on the image's
 own tiles at the file's T (`tune.finetune`), quantise the deltas (`step_exps`), code
 them (`deltas.encode`), add them to the integer model, and keep them only when the file
 shrinks with their cost included (minimum description length): the bits they save are
 estimated with the integer model's -ELBO_T on the image's own tiles, before and after,
 with the same draws (`tune.paired_gain`), scaled to the image's coded subpixels, and,
-less two standard errors (`pays`), compared with the bits of the block. The estimate is the
-bound's, not a second encode: it costs 2 x tiles x STRATA network calls, against tiles x T
-for the encode itself.
+less two standard errors (`pays`), compared with the bits of the block. The estimate is the bound's, not a second encode:
+it costs 2 x tiles x STRATA network calls, against tiles x T for the encode itself.
 
 Decoder (`adapted_model`): the block's deltas, checked against the model's tensors, added
 to a copy of the integer model named by the file's model id (`deltas.apply`).
@@ -29,7 +28,7 @@ from ..coding.container import adapt_block_bytes
 from ..exact.exactmath import EXACT
 from ..exact.quantcost import stratified_k
 from . import deltas as D
-from .params import SUBSET_ALL, SUBSET_NAMES, SUBSET_UP, adapt_tensors
+from .params import SUBSET_NAMES, SUBSET_UP, adapt_tensors
 from .tune import finetune, own_tiles, paired_gain
 
 # What an adapted file changes and how finely (chosen by measurement on held-out photos,
@@ -42,20 +41,9 @@ from .tune import finetune, own_tiles, paired_gain
 # it, a parameter is worth a precision of about 1/sqrt(N) for N data. Measured (100 steps):
 # on 256x256 crops (197k subpixels) 2^-3 and 2^-4 net the most, on a 400x600 photo (720k)
 # 2^-4 and 2^-5; e = round(log2(sqrt(N)) - STEP_OFFSET) fits both.
-# With the fifth photo model (its p(x | z_0) runs through the denoiser) 100 steps on every
-# norm and bias netted more than on the up path alone, on each of three photos of
-# photos-more/val at T=25 (-1.33% against -1.00%; at 50 steps -1.00% against -0.97%;
-# benchmarks/results/adapt-lr-photos-more-val-photo5/): longer fine-tuning pays for the
-# larger block. So from ALL_FROM_STEPS steps on, the subset is every norm and bias.
 SUBSET = SUBSET_UP
-ALL_FROM_STEPS = 100
 STEP_OFFSET = 5.3
 STEP_EXP_RANGE = (3, 8)
-
-
-def subset_for(steps: int) -> int:
-    """The subset an adaptation of this many fine-tuning steps changes (see ALL_FROM_STEPS)."""
-    return SUBSET_ALL if steps >= ALL_FROM_STEPS else SUBSET
 
 
 def step_exps(subpixels: int) -> tuple[int, int, int]:
@@ -127,11 +115,9 @@ def adapt_model(lm: Any, flm: Any, images: Sequence[np.ndarray], coded_subpixels
     if tiles is None:
         report.note = f"no whole {lm.config.tile}x{lm.config.tile} tile to fine-tune on"
         return None, None, report
-    subset = subset_for(steps)
-    report.subset = SUBSET_NAMES[subset]
-    tensors = adapt_tensors(lm.config, subset)
+    tensors = adapt_tensors(lm.config, SUBSET)
     delta = finetune(flm.model, tiles, tensors, steps, T, seed=seed, progress=progress)
-    d = D.quantize(delta, tensors, subset, step_exps(coded_subpixels))
+    d = D.quantize(delta, tensors, SUBSET, step_exps(coded_subpixels))
     report.params, report.nonzero = sum(t.numel for t in tensors), d.nonzero()
     if not report.nonzero:
         report.note = "every delta rounds to 0"

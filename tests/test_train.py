@@ -30,6 +30,17 @@ def _run(data: Path, out: Path, steps: int, config: str = "tiny", resume: bool =
     assert code == 0
 
 
+def _tiny_dec_config(folder: Path, **train) -> str:
+    """A config file of `tiny-dec` with these `train` fields changed."""
+    from mulancodec.model.configs import CONFIGS
+
+    cfg = CONFIGS["tiny-dec"].to_dict()
+    cfg["train"].update(train)
+    p = folder / ("cfg-" + "-".join(f"{k}{v}" for k, v in sorted(train.items())) + ".json")
+    p.write_text(json.dumps(cfg))
+    return str(p)
+
+
 def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
@@ -298,11 +309,7 @@ def test_ends_lr_scale_moves_the_end_points_faster_and_resumes_exactly(train_npz
     from mulancodec.model.configs import CONFIGS
 
     def config(scale: float) -> str:
-        cfg = CONFIGS["tiny-dec"].to_dict()
-        cfg["train"]["ends_lr_scale"] = scale
-        p = tmp_path / f"cfg-{scale}.json"
-        p.write_text(json.dumps(cfg))
-        return str(p)
+        return _tiny_dec_config(tmp_path, ends_lr_scale=scale)
 
     def ends(out: Path) -> np.ndarray:
         return load_file(str(out / "train" / "raw.safetensors"))["schedule_net.ends"].numpy()
@@ -325,14 +332,8 @@ def test_a_run_with_recon_fraction_trains_and_resumes_exactly(train_npz, tmp_pat
     """`train.recon_fraction`: the rows the reconstruction term is estimated from are drawn
     from each step's reseeded generator, so a stopped run resumes onto the same weights, and
     the weights differ from a full-batch run's."""
-    from mulancodec.model.configs import CONFIGS
-
     def config(fraction: float) -> str:
-        cfg = CONFIGS["tiny-dec"].to_dict()
-        cfg["train"]["recon_fraction"] = fraction
-        p = tmp_path / f"cfg-{fraction}.json"
-        p.write_text(json.dumps(cfg))
-        return str(p)
+        return _tiny_dec_config(tmp_path, recon_fraction=fraction)
 
     _run(train_npz, tmp_path / "a", 8, config(0.5))
     _run(train_npz, tmp_path / "b", 4, config(0.5))

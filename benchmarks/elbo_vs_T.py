@@ -63,10 +63,14 @@ def mean_ci(v: np.ndarray) -> tuple[float, float]:
     return float(v.mean()), 1.96 * float(v.std(ddof=1)) / math.sqrt(len(v))
 
 
+def flatness(x: np.ndarray) -> np.ndarray:
+    """Mean |horizontal difference| per tile (N, S, S, 3) uint8, in grey levels."""
+    return np.abs(np.diff(x.astype(np.int16), axis=2)).mean(axis=(1, 2, 3))
+
+
 def flattest(x: np.ndarray, n: int) -> np.ndarray:
     """Indices of the n tiles (N, S, S, 3) of least mean |horizontal gradient|, in order."""
-    grad = np.abs(np.diff(x.astype(np.int16), axis=2)).mean(axis=(1, 2, 3))
-    return np.sort(np.argsort(grad, kind="stable")[:n])
+    return np.sort(np.argsort(flatness(x), kind="stable")[:n])
 
 
 def table(names: list[str], res: dict[str, dict[int, np.ndarray]], steps: list[int]) -> str:

@@ -31,6 +31,7 @@ import torch
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from benchmarks.elbo_vs_T import flatness
 from mulancodec.exact.quantcost import paired_elbo
 from mulancodec.model.mulan import MuLAN, to_unit
 from mulancodec.training.data import batch_tensors, image_tiles, load_images
@@ -38,11 +39,6 @@ from mulancodec.weights import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
-
-
-def flatness(x: np.ndarray) -> np.ndarray:
-    """Mean |horizontal difference| per tile (N, S, S, 3) uint8, in grey levels."""
-    return np.abs(np.diff(x.astype(np.float32), axis=2)).mean(axis=(1, 2, 3))
 
 
 @torch.no_grad()

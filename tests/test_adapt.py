@@ -247,3 +247,21 @@ def test_pillow_takes_effort_and_adapt(ilm, image, tmp_path, monkeypatch):
     Image.fromarray(image).save(tmp_path / "e2.mlc", effort=2, adapt=0, fallback=False)
     assert mc.read_header((tmp_path / "e2.mlc").read_bytes()).steps == 10
     assert np.array_equal(np.asarray(Image.open(tmp_path / "e2.mlc")), image)
+
+
+def test_a_linear_schedule_steps_as_far_first_and_falls_to_nothing(flm, image):
+    """"linear" takes the full step size first (its first step is constant's) and less after
+    (its second step is not); a one-step run is the same either way."""
+    from mulancodec.adapt.tune import finetune, finetune_snapshots, own_tiles
+
+    tiles = own_tiles([image], flm.config.tile, flm.config.context)
+    tensors = adapt_tensors(flm.config, SUBSET_ALL)
+    const = finetune_snapshots(flm.model, tiles, tensors, [1, 2], T, seed=3)
+    lin = finetune_snapshots(flm.model, tiles, tensors, [1, 2], T, seed=3, schedule="linear")
+    for name in const[1]:
+        assert torch.equal(const[1][name], lin[1][name])
+    assert any(not torch.allclose(const[2][n], lin[2][n]) for n in const[2])
+    one = finetune(flm.model, tiles, tensors, 1, T, seed=3, schedule="linear")
+    assert all(torch.equal(one[n], const[1][n]) for n in one)
+    with pytest.raises(ValueError, match="schedule"):
+        finetune(flm.model, tiles, tensors, 1, T, schedule="cosine")

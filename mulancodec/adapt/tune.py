@@ -20,6 +20,8 @@ from .params import AdaptTensor
 
 LR = 3e-3  # Adam's step size (measured: see benchmarks/adapt.py)
 BATCH = 8  # tiles per step
+SCHEDULES = ("constant", "linear")  # the step size over the run: constant, or falling linearly to 0
+SCHEDULE = "constant"
 
 
 def own_tiles(images: Sequence[np.ndarray], tile: int, margin: int) -> TileSet | None:
@@ -35,16 +37,20 @@ Delta = dict[str, torch.Tensor]  # float model name -> new value minus old (floa
 
 def finetune(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTensor], steps: int, T: int,
              lr: float = LR, batch: int = BATCH, seed: int = 0,
-             progress: Callable[[int], None] | None = None) -> Delta:
+             progress: Callable[[int], None] | None = None, schedule: str = SCHEDULE) -> Delta:
     """`steps` Adam steps of `tensors` on random batches of `tiles`; returns each tensor's
     new value minus its old. `model` itself is left as it was."""
-    return finetune_snapshots(model, tiles, tensors, [steps], T, lr, batch, seed, progress)[steps]
+    return finetune_snapshots(model, tiles, tensors, [steps], T, lr, batch, seed, progress, schedule)[steps]
 
 
 def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTensor],
                        snapshots: Sequence[int], T: int, lr: float = LR, batch: int = BATCH,
-                       seed: int = 0, progress: Callable[[int], None] | None = None) -> dict[int, Delta]:
-    """`finetune` to the largest of `snapshots`, with the deltas after each of them."""
+                       seed: int = 0, progress: Callable[[int], None] | None = None,
+                       schedule: str = SCHEDULE) -> dict[int, Delta]:
+    """`finetune` to the largest of `snapshots`, with the deltas after each of them (a
+    "linear" schedule falls to 0 at the largest)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown step-size schedule {schedule!r}: one of {SCHEDULES}")
     work = copy.deepcopy(model).train()
     work.requires_grad_(False)
     params = dict(work.named_parameters())
@@ -58,7 +64,10 @@ def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTens
     gen = torch.Generator(device=dev).manual_seed(seed)
     n = min(batch, len(tiles))
     out: dict[int, Delta] = {}
-    for step in range(1, max(snapshots, default=0) + 1):
+    last = max(snapshots, default=0)
+    for step in range(1, last + 1):
+        if schedule == "linear":
+            opt.param_groups[0]["lr"] = lr * (last - step + 1) / last
         x, ctx = batch_tensors(tiles.take(rng.choice(len(tiles), n, replace=False)), dev)
         with torch.enable_grad():
             loss = work.terms(x, steps=T, generator=gen, ctx=ctx).total.mean()

@@ -250,8 +250,8 @@ def test_pillow_takes_effort_and_adapt(ilm, image, tmp_path, monkeypatch):
 
 
 def test_a_linear_schedule_steps_as_far_first_and_falls_to_nothing(flm, image):
-    """"linear" takes the full step size first (its first step is constant's) and less after
-    (its second step is not); a one-step run is the same either way."""
+    """The "linear" schedule takes the full step size first (its first step is constant's) and
+    less after (its second step is not); a one-step run is the same either way."""
     from mulancodec.adapt.tune import finetune, finetune_snapshots, own_tiles
 
     tiles = own_tiles([image], flm.config.tile, flm.config.context)

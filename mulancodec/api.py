@@ -73,12 +73,37 @@ def pick_device(device: "str | torch.device | None") -> torch.device:
     return dev
 
 
+def cpu_maker() -> str:
+    """The CPU's maker as the kernel names it (GenuineIntel, AuthenticAMD, ...), else "":
+    the same torch and vector capability (AVX512) give other float results on another
+    maker's CPU (MKL and oneDNN pick other kernels)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("vendor_id", "CPU implementer"):
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def legacy_env_tag(device: torch.device) -> int:
+    """`env_tag` as files made before 2026-12-07 store it: without the CPU's maker."""
+    return _env_crc(device, with_maker=False)
+
+
 def env_tag(device: torch.device) -> int:
-    """A short fingerprint of what decides the network's float results."""
+    """A short fingerprint of what decides the network's float results (a float model's
+    file stores it, so that a decode that fails elsewhere can say why)."""
+    return _env_crc(device, with_maker=True)
+
+
+def _env_crc(device: torch.device, with_maker: bool) -> int:
     if device.type == "cuda":
         kind = torch.cuda.get_device_name(device)
     else:
-        kind = torch.backends.cpu.get_cpu_capability()
+        kind = torch.backends.cpu.get_cpu_capability() + (f"|{cpu_maker()}" if with_maker else "")
     return zlib.crc32(f"torch {torch.__version__}|{device.type}|{kind}".encode())
 
 
@@ -462,8 +487,12 @@ def _check_decode_threads(machine: Machine, threads: int | None) -> None:
 
 def _with_env_hint(msg: str, chain: ChainSpec, dev: torch.device) -> str:
     """A failed decode's message, with what in this environment differs from the encoder's."""
-    if chain.machine_bound and chain.machine.env_tag != env_tag(dev):
-        msg += (" (the file was encoded with a different torch version or CPU/GPU kind, "
+    if chain.machine_bound and chain.machine.env_tag == legacy_env_tag(dev) and dev.type == "cpu":
+        msg += (" (a float model's file decodes only where the model's float results repeat: the "
+                "same torch version and CPU kind, and the same CPU maker, which files this old do "
+                "not record; decode it on the kind of machine it was encoded on)")
+    elif chain.machine_bound and chain.machine.env_tag != env_tag(dev):
+        msg += (" (the file was encoded with a different torch version or CPU/GPU kind or maker, "
                 "which changes the model's float results; decode it where it was encoded)")
     have = _codecs.constriction_version()
     if have != _codecs.CONSTRICTION_VERSION:

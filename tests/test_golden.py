@@ -24,7 +24,7 @@ from conftest import CIFAR10_INT_MODEL, CIFAR10_MODEL
 from golden.make_golden import PHOTO_GOLDEN, photo_model
 
 import mulancodec as mc
-from mulancodec.api import env_tag, get_model
+from mulancodec.api import cpu_maker, get_model, legacy_env_tag
 from mulancodec.coding import container as fmt
 from mulancodec.exact.intops import bf16_operands
 
@@ -40,6 +40,24 @@ MODEL_OF = {**{n: CIFAR10_MODEL for n in FILES_V1 + FILES_V2}, **{n: CIFAR10_INT
             **{n: photo_model(n) for n in PHOTO_GOLDEN},
             "v4_adapted": TINY_INT_MODEL}
 FILES = FILES_V1 + FILES_V2 + FILES_V3 + FILES_V4
+# The float model's golden files (v1, v2) were made on 2026-11-24 on the Intel Xeon development
+# machine; their headers' environment tag predates the CPU maker in it. On a 2-core AMD EPYC
+# with the same torch (2.13.0) and capability (AVX512) they fail to decode (2026-12-07): MKL
+# and oneDNN compute other float results there. So they are held to decoding on Intel CPUs.
+FLOAT_GOLDEN_MAKER = "GenuineIntel"
+
+
+def float_file_decodes_here(data: bytes) -> None:
+    """Skip, saying why, where a float model's golden file cannot decode: another torch
+    version or CPU kind than the one it was made with, or another CPU maker."""
+    h = mc.read_header(data)
+    if not h.chain.machine_bound or all(r.method != fmt.METHOD_MODEL for r in h.images):
+        return  # an integer model's file, or no image coded by the model
+    if h.env_tag != legacy_env_tag(torch.device("cpu")):
+        pytest.skip("the float golden files were made with another torch version or CPU kind")
+    if cpu_maker() != FLOAT_GOLDEN_MAKER:
+        pytest.skip(f"the float golden files were made on a {FLOAT_GOLDEN_MAKER} CPU, "
+                    f"whose float results a {cpu_maker() or 'CPU of unknown maker'} does not repeat")
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +102,7 @@ def test_golden_files_carry_their_metadata(name, models):
     from golden.make_golden import META
 
     data = (GOLDEN / f"{name}.mlc").read_bytes()
+    float_file_decodes_here(data)
     first = mc.decompress_pictures(data, model=models[name], device="cpu")[0]
     assert first.meta.info() == META  # byte-identical blobs, the same text and numbers
 
@@ -91,13 +110,8 @@ def test_golden_files_carry_their_metadata(name, models):
 @pytest.mark.parametrize("name", FILES)
 def test_golden_file_decodes_to_its_pixels(name, models, expected):
     data = (GOLDEN / f"{name}.mlc").read_bytes()
-    h = mc.read_header(data)
-    try:
-        pics = mc.decompress_pictures(data, model=models[name], device="cpu")
-    except mc.DecodeError:
-        if h.env_tag != env_tag(torch.device("cpu")):  # float results may differ on another CPU/torch
-            pytest.skip("the golden files were made with another torch version or CPU kind")
-        raise
+    float_file_decodes_here(data)
+    pics = mc.decompress_pictures(data, model=models[name], device="cpu")
     n = len([k for k in expected if k.startswith(f"{name}/") and k.count("/") == 1])
     assert len(pics) == n >= 1
     for i, pic in enumerate(pics):

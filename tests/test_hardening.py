@@ -222,6 +222,20 @@ def test_environment_tag_is_informational(corpus, lm):
         mc.decompress(fmt.write(h, words), model=lm)
 
 
+def test_a_file_made_before_the_cpu_maker_was_recorded_says_so_when_it_fails(corpus, lm):
+    """Such a file's tag matches this machine's without the maker: a failed decode cannot
+    tell whether the maker differs, and says so (the float golden files are such files)."""
+    from mulancodec.api import cpu_maker, env_tag, legacy_env_tag
+
+    cpu = torch.device("cpu")
+    assert (env_tag(cpu) != legacy_env_tag(cpu)) == bool(cpu_maker())
+    h, words = mm.parts(mm.rewrite(corpus[0].data, env_tag=legacy_env_tag(cpu)))
+    words = words.copy()
+    words[len(words) // 2] ^= np.uint32(1)
+    with pytest.raises(mc.DecodeError, match="same CPU maker, which files this old do not record"):
+        mc.decompress(fmt.write(h, words), model=lm)
+
+
 def test_pixel_checksum_is_checked_on_every_decode(corpus, lm):
     for s in corpus:
         bad = mm.rewrite(s.data, checksum=bytes(8))

@@ -6,6 +6,7 @@ likelihoods and bits-back ANS (coding/bitsback.py) -> container (coding/containe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import zlib
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ def pick_device(device: "str | torch.device | None") -> torch.device:
     return dev
 
 
+@functools.cache
 def cpu_maker() -> str:
     """The CPU's maker as the kernel names it (GenuineIntel, AuthenticAMD, ...), else "":
     the same torch and vector capability (AVX512) give other float results on another

@@ -6,8 +6,9 @@ them (`deltas.encode`), add them to the integer model, and keep them only when t
 shrinks with their cost included (minimum description length): the bits they save are
 estimated with the integer model's -ELBO_T on the image's own tiles, before and after,
 with the same draws (`tune.paired_gain`), scaled to the image's coded subpixels, and,
-less two standard errors (`pays`), compared with the bits of the block. The estimate is the bound's, not a second encode:
-it costs 2 x tiles x STRATA network calls, against tiles x T for the encode itself.
+less two standard errors (`pays`), compared with the bits of the block. The estimate is the
+bound's, not a second encode: it costs 2 x tiles x STRATA network calls, against tiles x T
+for the encode itself.
 
 Decoder (`adapted_model`): the block's deltas, checked against the model's tensors, added
 to a copy of the integer model named by the file's model id (`deltas.apply`).

@@ -1,6 +1,7 @@
 """Model files: safetensors weights with the config embedded, and a content hash.
 
-A model is one ``.safetensors`` file whose metadata holds the JSON model config,
+A model is one ``.safetensors`` file (or one packed with xz: `packed`) whose metadata
+holds the JSON model config,
 so nothing else is needed to rebuild it; nothing is ever unpickled. The model id
 is a hash of the config and the tensors, so a file coded with one model is
 never decoded with another. An integer model (`exact.integer`, made by
@@ -24,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from . import packed
 from .exact.integer import SCHEMES, IntegerMuLAN
 from .exact.intops import QConv
 from .model.configs import ModelConfig
@@ -70,10 +72,14 @@ def save_model(model: MuLAN, path: str | os.PathLike, dtype: torch.dtype = torch
 
 
 def _write(state: dict[str, torch.Tensor], path: str | os.PathLike, meta: dict[str, str]) -> None:
-    """safetensors file written whole or not at all (a temporary file, then a rename)."""
+    """safetensors file written whole or not at all (a temporary file, then a rename); packed
+    with xz when its name ends in .xz."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
+    if packed.is_packed(path):
+        tmp.write_bytes(packed.pack(state, meta))
+    else:
+        save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
@@ -105,23 +111,36 @@ def _read_checked(p: Path, build: Callable[[], torch.nn.Module], dtypes: bool) -
     """The file's tensors, after checking their names and shapes (and dtypes) against the
     module `build` makes on the meta device (no memory): a hostile config cannot make us
     allocate huge weights."""
+    if packed.is_packed(p):
+        try:
+            found = packed.header(p)[1]
+            _check_names(p, found, build, dtypes)
+            return packed.tensors(p)
+        except packed.PackedError as e:
+            raise ModelFileError(str(e)) from None
     with safe_open(str(p), framework="pt") as f:
         found = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
-        try:
-            with torch.device("meta"):
-                state = build().state_dict()
-        except Exception as e:  # noqa: BLE001 - any construction failure means a bad config
-            raise ModelFileError(f"{p}: bad model config ({e})") from None
-        expected = {k: (tuple(v.shape), _ST_DTYPES[v.dtype]) for k, v in state.items()}
-        if not dtypes:
-            expected = {k: (v[0], found.get(k, (None, None))[1]) for k, v in expected.items()}
-        if found != expected:
-            missing = sorted(set(expected) - set(found))[:3]
-            extra = sorted(set(found) - set(expected))[:3]
-            wrong = [k for k in expected if k in found and found[k] != expected[k]][:3]
-            raise ModelFileError(f"{p}: weights do not match the config (missing {missing}, "
-                                 f"unexpected {extra}, wrong shape or type {wrong})")
+        _check_names(p, found, build, dtypes)
         return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _check_names(p: Path, found: dict[str, tuple[tuple[int, ...], str]], build: Callable[[], torch.nn.Module],
+                 dtypes: bool) -> None:
+    """ModelFileError unless the file's tensors (name -> shape, dtype) are those of `build`'s module."""
+    try:
+        with torch.device("meta"):
+            state = build().state_dict()
+    except Exception as e:  # noqa: BLE001 - any construction failure means a bad config
+        raise ModelFileError(f"{p}: bad model config ({e})") from None
+    expected = {k: (tuple(v.shape), _ST_DTYPES[v.dtype]) for k, v in state.items()}
+    if not dtypes:
+        expected = {k: (v[0], found.get(k, (None, None))[1]) for k, v in expected.items()}
+    if found != expected:
+        missing = sorted(set(expected) - set(found))[:3]
+        extra = sorted(set(found) - set(expected))[:3]
+        wrong = [k for k in expected if k in found and found[k] != expected[k]][:3]
+        raise ModelFileError(f"{p}: weights do not match the config (missing {missing}, "
+                             f"unexpected {extra}, wrong shape or type {wrong})")
 
 
 _ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int16: "I16", torch.int32: "I32"}

@@ -1,9 +1,10 @@
 """The zoo: shipped models by name, and the default.
 
-The shipped models are named: ``models/<name>/model.safetensors`` (with its
-config.json and MODEL_CARD.md) in a source checkout, or the same under
-``<prefix>/share/mulancodec/models`` after pip install. A decoder finds the
-model a file was made with by its id among them (`find_shipped`).
+The shipped models are named: ``models/<name>/model.safetensors``, or packed as
+``model.safetensors.xz`` (`packed`), with its config.json and MODEL_CARD.md, in a
+source checkout, or the same under ``<prefix>/share/mulancodec/models`` after pip
+install. A decoder finds the model a file was made with by its id among them
+(`find_shipped`).
 """
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from . import packed
+
 ENV_MODEL = "MULANCODEC_MODEL"
 # The default for encoding: the photo model, as an integer model, so that a file made
 # with the defaults decodes on any machine (format version 3); `photo` is its float model.
 DEFAULT_MODEL = "photo-int"
 WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_NAMES = (WEIGHTS_NAME, WEIGHTS_NAME + packed.SUFFIX)  # a model folder holds one of these
 
 
 class ModelFileError(Exception):
@@ -25,7 +29,13 @@ class ModelFileError(Exception):
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """A safetensors file's metadata (the config, format and model id of a model file)."""
+    """A safetensors file's metadata (the config, format and model id of a model file),
+    packed or not."""
+    if packed.is_packed(path):
+        try:
+            return packed.header(path)[0]
+        except (packed.PackedError, OSError) as e:
+            raise ModelFileError(str(e) if isinstance(e, packed.PackedError) else f"{path}: {e}") from None
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -39,14 +49,19 @@ def _zoo_roots() -> list[Path]:
             Path(sys.prefix) / "share" / "mulancodec" / "models"]  # pip install
 
 
+def weights_in(folder: Path) -> Path | None:
+    """The model file in a model folder (plain or packed), if any."""
+    return next((folder / n for n in WEIGHTS_NAMES if (folder / n).is_file()), None)
+
+
 def shipped_models() -> dict[str, Path]:
     """Every installed named model: name -> weights file (a source checkout's first)."""
     found: dict[str, Path] = {}
     for root in _zoo_roots():
         if root.is_dir():
             for d in sorted(root.iterdir()):
-                f = d / WEIGHTS_NAME
-                if f.is_file() and d.name not in found:
+                f = weights_in(d) if d.is_dir() else None
+                if f is not None and d.name not in found:
                     found[d.name] = f
     return found
 
@@ -71,9 +86,10 @@ def resolve_model_path(path: str | os.PathLike | None) -> Path:
         return zoo[str(path)]
     p = Path(path)
     if p.is_dir():
-        if (p / WEIGHTS_NAME).is_file():
-            return p / WEIGHTS_NAME
-        raise ModelFileError(f"{p}: no {WEIGHTS_NAME} in this directory")
+        f = weights_in(p)
+        if f is None:
+            raise ModelFileError(f"{p}: no {' or '.join(WEIGHTS_NAMES)} in this directory")
+        return f
     if not p.is_file():
         names = ", ".join(zoo) or "none installed"
         raise ModelFileError(f"{path}: no such model name or file (shipped models: {names})")

@@ -26,7 +26,7 @@ CIFAR_TRAIN0 = SHARED / "cifar10" / "train_0.npz"
 CIFAR10_MODEL = ROOT / "models" / "cifar10-v1" / "model.safetensors"
 CIFAR10_LV_MODEL = ROOT / "models" / "cifar10" / "model.safetensors"
 # An integer model (format version 3 files; the version-3 golden files are made with it).
-CIFAR10_INT_MODEL = ROOT / "models" / "cifar10-int" / "model.safetensors"
+CIFAR10_INT_MODEL = ROOT / "models" / "cifar10-int" / "model.safetensors.xz"  # packed (`packed`)
 
 
 def training_like_inputs(model, x, gen):

@@ -2,7 +2,8 @@
 
     codec.py     encode, decode          images to .mlc files and back
     check.py     info, verify, demo      look into files, check round trips
-    research.py  train, eval, quantize   make and measure models
+    research.py  train, eval, quantize,  make and measure models
+                 pack
     errors.py    exit codes; a failure as one line on stderr and its code (by exception type)
     files.py     atomic outputs, inputs, progress, one task per file
     options.py   the options several commands share
@@ -33,7 +34,7 @@ from .errors import (
     guarded,
 )
 from .files import check_target, emit, read_input, write_atomic
-from .research import eval_cmd, quantize, train
+from .research import eval_cmd, pack, quantize, train
 
 __all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_INPUT", "EXIT_MODEL", "EXIT_OUTPUT",
            "EXIT_INTERRUPT", "EXIT_CODES", "CliError", "classify", "guarded", "check_target", "emit",
@@ -53,5 +54,5 @@ def main() -> None:
     """
 
 
-for _command in (encode, decode, info, verify, demo, train, eval_cmd, quantize):
+for _command in (encode, decode, info, verify, demo, train, eval_cmd, quantize, pack):
     main.add_command(_command)

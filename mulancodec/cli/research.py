@@ -128,7 +128,8 @@ def _echo_bounds(res: dict[str, Any], lm: LoadedModel, dev: str, T: int) -> None
 @click.option("--model", "model_path", required=True, help="NAME|PATH of the float model to quantise.")
 @click.option("--data", "data", multiple=True, required=True,
               help="Calibration images (training images, never test ones): .npz, folder or glob.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Integer model file to write.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Integer model file to write (a name ending in .xz: packed, as shipped).")
 @click.option("--tiles", type=click.IntRange(1, 4096), default=48, show_default=True,
               help="Random training-style tiles to fit the activation grids on.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -153,3 +154,20 @@ def quantize(model_path: str, data: tuple[str, ...], out: Path, tiles: int, seed
              "calibration": json.dumps({"data": [Path(d).name for d in data], "tiles": tiles, "seed": seed})}
     mid = save_integer_model(run(lm.model, cal, seed), out, lm.model_id, extra)
     click.echo(f"{out}: integer model {mid} of {lm.model_id}")
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@guarded
+def pack(files: tuple[Path, ...]) -> None:
+    """Pack model files with xz (FILE.xz beside each), checked to read back bit for bit."""
+    from ..packed import PackedError, pack_file
+
+    for f in files:
+        try:
+            out = pack_file(f)
+        except PackedError as e:
+            raise CliError(str(e), EXIT_INPUT) from None
+        except OSError as e:
+            raise CliError(f"{f}: cannot pack ({e.strerror or e})", EXIT_INPUT) from None
+        click.echo(f"{f}: {f.stat().st_size} -> {out}: {out.stat().st_size} bytes")

@@ -105,7 +105,11 @@ MODELS = HERE.parents[1] / "models"
 
 def photo_model(name: str) -> Path:
     """The shipped integer model a photo-int golden file was made with."""
-    return MODELS / PHOTO_GOLDEN[name][0] / "model.safetensors"
+    from mulancodec.zoo import weights_in
+
+    found = weights_in(MODELS / PHOTO_GOLDEN[name][0])
+    assert found is not None, name
+    return found
 
 
 def images_photo() -> dict[str, list]:

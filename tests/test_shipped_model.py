@@ -6,7 +6,7 @@ from conftest import CIFAR_TEST, need
 import mulancodec as mc
 from mulancodec.imaging.sample import landscape
 from mulancodec.weights import load_model
-from mulancodec.zoo import ModelFileError
+from mulancodec.zoo import ModelFileError, weights_in
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,26 @@ def test_models_load_by_name():
     # of photo models, 2 of cifar10, float and integer (60.6 MB when the sixth shipped; 50.4 MB
     # once the integer models were packed with xz)
     assert total < 64 * 2 ** 20
+
+
+def test_setup_cfg_installs_every_shipped_model():
+    """A pip install (not editable) gets exactly the files of models/: each model's weights
+    (plain or packed), config and card, and nothing that is not there."""
+    import configparser
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    listed = {k: v.split() for k, v in cfg["options.data_files"].items()
+              if k.startswith("share/mulancodec/models/")}
+    for d in sorted((root / "models").iterdir()):
+        weights = weights_in(d)
+        if weights is None:
+            continue
+        want = {f"models/{d.name}/{f}" for f in (weights.name, "config.json", "MODEL_CARD.md")}
+        assert set(listed.pop(f"share/mulancodec/models/{d.name}", [])) == want, d.name
+    assert not listed, f"setup.cfg installs models that are not in models/: {sorted(listed)}"
 
 
 def test_unknown_name_is_refused():

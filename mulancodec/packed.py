@@ -117,10 +117,9 @@ def pack_file(src: str | os.PathLike) -> Path:
     back = tensors(tmp)
     if header(tmp)[0] != meta or back.keys() != state.keys() or not all(
             back[k].dtype == v.dtype and back[k].shape == v.shape
-            and back[k].reshape(-1).view(-1).numpy().tobytes() == v.reshape(-1).numpy().tobytes()
+            and back[k].reshape(-1).numpy().tobytes() == v.reshape(-1).numpy().tobytes()
             for k, v in state.items()):
         tmp.unlink()
         raise PackedError(f"{src}: the packed file does not read back the same")
     os.replace(tmp, dst)
     return dst
-

@@ -1,12 +1,11 @@
 """Model files: safetensors weights with the config embedded, and a content hash.
 
 A model is one ``.safetensors`` file (or one packed with xz: `packed`) whose metadata
-holds the JSON model config,
-so nothing else is needed to rebuild it; nothing is ever unpickled. The model id
-is a hash of the config and the tensors, so a file coded with one model is
-never decoded with another. An integer model (`exact.integer`, made by
-`quantize`; it codes format version 3, which decodes on any machine) is such a
-file too, of format ``mulancodec-integer-model``, with its integer scheme in the
+holds the JSON model config, so nothing else is needed to rebuild it; nothing is ever
+unpickled. The model id is a hash of the config and the tensors, so a file coded
+with one model is never decoded with another. An integer model (`exact.integer`,
+made by `quantize`; it codes format version 3, which decodes on any machine) is such
+a file too, of format ``mulancodec-integer-model``, with its integer scheme in the
 metadata, its tensors as they are, and an id of its own.
 
 Which file a model name means is `zoo`'s job; this module reads and writes the files

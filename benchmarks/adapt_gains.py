@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import parametrize  # noqa: E402
 
+from benchmarks.adapt import _emit  # noqa: E402
 from mulancodec.adapt.params import SUBSET_UP, AdaptTensor, adapt_tensors  # noqa: E402
 from mulancodec.adapt.tune import finetune, own_tiles  # noqa: E402
 from mulancodec.exact.quantcost import paired_elbo  # noqa: E402
@@ -98,11 +98,7 @@ def main() -> None:
             row = {"image": Path(path).name, "model": fm.model_id, "T": args.steps, "adapt": args.adapt,
                    "variant": variant, **row, "base_bpsp": float(b.mean()), "gain_bpsp": float(d.mean()),
                    "gain_se": float(d.std(ddof=1) / np.sqrt(len(d)))}
-            line = json.dumps(row)
-            print(line, flush=True)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(line + "\n")
+            _emit(row, args.out)
 
 
 if __name__ == "__main__":

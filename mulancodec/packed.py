@@ -33,11 +33,15 @@ def is_packed(path: str | os.PathLike) -> bool:
 
 def _unpack(path: Path, want: int) -> bytes:
     """The first `want` unpacked bytes (all of them if fewer), never more than MAX_UNPACKED."""
-    size = path.stat().st_size
-    if size > MAX_UNPACKED:
-        raise PackedError(f"{path}: larger than any model file ({size} bytes)")
+    try:
+        size = path.stat().st_size
+        if size > MAX_UNPACKED:
+            raise PackedError(f"{path}: larger than any model file ({size} bytes)")
+        pending = path.read_bytes()
+    except OSError as e:
+        raise PackedError(f"{path}: {e.strerror or e}") from None
     dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-    out, pending = bytearray(), path.read_bytes()
+    out = bytearray()
     try:
         while len(out) < want and not dec.eof:
             chunk = dec.decompress(pending, max_length=min(want, MAX_UNPACKED + 1) - len(out))
@@ -61,34 +65,38 @@ def _header_len(path: Path, head: bytes) -> int:
     return n
 
 
-def _parse(path: Path, raw: bytes) -> dict[str, Any]:
-    try:
-        header = json.loads(raw)
-    except ValueError:
-        header = None
-    if not isinstance(header, dict):
-        raise PackedError(f"{path}: bad safetensors header")
-    return header
+Table = dict[str, tuple[tuple[int, ...], str]]  # tensor name -> (shape, safetensors dtype)
 
 
-def header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, tuple[tuple[int, ...], str]]]:
-    """(metadata, name -> (shape, safetensors dtype)) of a packed file, unpacking only its header."""
-    path = Path(path)
-    n = _header_len(path, _unpack(path, 8))
-    h = _parse(path, _unpack(path, 8 + n)[8:])
-    meta = h.pop("__metadata__", None) or {}
+def _table(path: Path, data: bytes) -> tuple[dict[str, str], Table]:
+    """(metadata, tensor table) from safetensors bytes that hold at least the header."""
+    n = _header_len(path, data)
+    if 8 + n > len(data):
+        raise PackedError(f"{path}: truncated safetensors data")
     try:
+        h = json.loads(data[8:8 + n])
+        meta = h.pop("__metadata__", None) or {}
         return dict(meta), {k: (tuple(int(s) for s in v["shape"]), str(v["dtype"])) for k, v in h.items()}
     except (TypeError, KeyError, ValueError, AttributeError):
         raise PackedError(f"{path}: bad safetensors header") from None
 
 
-def tensors(path: str | os.PathLike) -> dict[str, Any]:
-    """Every tensor of a packed file (unpacked whole, within MAX_UNPACKED)."""
+def header(path: str | os.PathLike) -> tuple[dict[str, str], Table]:
+    """(metadata, tensor table) of a packed file, unpacking only its header."""
+    path = Path(path)
+    return _table(path, _unpack(path, 8 + _header_len(path, _unpack(path, 8))))
+
+
+def read(path: str | os.PathLike) -> tuple[dict[str, str], Table, bytes]:
+    """(metadata, tensor table, the safetensors bytes) of a packed file, unpacked whole
+    (within MAX_UNPACKED) and read once; `load` makes the tensors of the bytes."""
     path = Path(path)
     data = _unpack(path, MAX_UNPACKED + 1)
-    if not data or _header_len(path, data) + 8 > len(data):
-        raise PackedError(f"{path}: truncated safetensors data")
+    return (*_table(path, data), data)
+
+
+def load(path: str | os.PathLike, data: bytes) -> dict[str, Any]:
+    """The tensors of a packed file's bytes (`read`'s)."""
     try:
         return load_bytes(data)
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad bytes
@@ -114,8 +122,9 @@ def pack_file(src: str | os.PathLike) -> Path:
         raise PackedError(f"{src}: not a readable safetensors file ({e})") from None
     tmp = dst.with_name(dst.name + ".tmp")
     tmp.write_bytes(pack(state, meta))
-    back = tensors(tmp)
-    if header(tmp)[0] != meta or back.keys() != state.keys() or not all(
+    meta_back, _, data = read(tmp)
+    back = load(tmp, data)
+    if meta_back != meta or back.keys() != state.keys() or not all(
             back[k].dtype == v.dtype and back[k].shape == v.shape
             and back[k].reshape(-1).numpy().tobytes() == v.reshape(-1).numpy().tobytes()
             for k, v in state.items()):

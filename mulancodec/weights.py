@@ -112,9 +112,9 @@ def _read_checked(p: Path, build: Callable[[], torch.nn.Module], dtypes: bool) -
     allocate huge weights."""
     if packed.is_packed(p):
         try:
-            found = packed.header(p)[1]
+            _, found, data = packed.read(p)
             _check_names(p, found, build, dtypes)
-            return packed.tensors(p)
+            return packed.load(p, data)
         except packed.PackedError as e:
             raise ModelFileError(str(e)) from None
     with safe_open(str(p), framework="pt") as f:

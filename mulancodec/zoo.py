@@ -34,8 +34,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     if packed.is_packed(path):
         try:
             return packed.header(path)[0]
-        except (packed.PackedError, OSError) as e:
-            raise ModelFileError(str(e) if isinstance(e, packed.PackedError) else f"{path}: {e}") from None
+        except packed.PackedError as e:
+            raise ModelFileError(str(e)) from None
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})

@@ -77,7 +77,7 @@ def test_unpacking_is_bounded(tmp_path, pair, monkeypatch):
     bomb = _bad(tmp_path, lzma.compress(b"\0" * 10_000_000))
     assert bomb.stat().st_size < 10_000
     with pytest.raises(packed.PackedError, match="more than 100000 bytes"):
-        packed.tensors(bomb)
+        packed.read(bomb)
     with pytest.raises(ModelFileError):
         load_model(pair[1])  # the real one unpacks to 191 kB: above this bound too
 

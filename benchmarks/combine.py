@@ -1,13 +1,18 @@
 #!/usr/bin/env python
-"""One table from several `run.py --modes per-image` results on disjoint sets of images.
+"""One table and frontier plot from several `run.py --modes per-image` results.
 
     python benchmarks/combine.py benchmarks/results/mcmaster-n2-photo6 \\
         benchmarks/results/mcmaster-n7-photo6 ... --out benchmarks/results/mcmaster-n18-photo6.md
+    python benchmarks/combine.py --same-images benchmarks/results/mcmaster-efforts-n2-photo6 \\
+        benchmarks/results/mcmaster-efforts56-n2-photo6 ... --out ...-all.md
 
-A long measurement (18 photos at minutes each) is run in parts; this adds the parts'
-bytes, subpixels and per-image seconds per codec, so the totals are those one run on all
-the images would report. It refuses parts made with different models or settings, and
-parts that share a data pattern.
+A long measurement (18 photos at minutes each) is run in parts. By default the parts cover
+disjoint sets of images: this adds their bytes, subpixels and per-image seconds per codec,
+so the totals are those one run on all the images would report, and it refuses parts made
+with different models or settings, or that share a data pattern. With `--same-images` the
+parts ran different rows (effort levels) on the same images: the table is the union of
+their rows, a row that several parts ran taken from the first part listed. `--out X.md`
+also writes X.json and the frontier plot X.png (size against encode seconds per megapixel).
 """
 from __future__ import annotations
 
@@ -16,11 +21,22 @@ import json
 import sys
 from pathlib import Path
 
-KEYS = ("model_id", "efforts", "steps")  # what every part must share
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable as a package
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from benchmarks import plots  # noqa: E402
+
+KEYS = ("model_id", "efforts", "steps")  # what every disjoint part must share
+CARRIED = ("steps", "effort", "effort_settings", "adapt")  # a row's settings, the same in every part
+
+
+def _load(folders: list[Path]) -> list[dict]:
+    return [json.loads((f / "results.json").read_text()) for f in folders]
 
 
 def combine(folders: list[Path]) -> tuple[list[dict], dict]:
-    parts = [json.loads((f / "results.json").read_text()) for f in folders]
+    """Rows summed over parts that coded disjoint sets of images with the same settings."""
+    parts = _load(folders)
     for k in KEYS:
         if len({json.dumps(p["meta"].get(k)) for p in parts}) > 1:
             raise SystemExit(f"the parts differ in {k}: {[p['meta'].get(k) for p in parts]}")
@@ -31,10 +47,12 @@ def combine(folders: list[Path]) -> tuple[list[dict], dict]:
     for p in parts:
         for r in p["rows"]:
             t = rows.setdefault(r["codec"], {"codec": r["codec"], "bytes": 0, "subpixels": 0, "n_images": 0,
-                                              "encode_s_sum": 0.0, "decode_s_sum": 0.0, "files": []})
+                                              "megapixels": 0.0, "encode_s_sum": 0.0, "decode_s_sum": 0.0,
+                                              "files": [], **{k: r[k] for k in CARRIED if k in r}})
             t["bytes"] += r["bytes"]
             t["subpixels"] += r["subpixels"]
             t["n_images"] += r["n_images"]
+            t["megapixels"] += r["megapixels"]
             t["encode_s_sum"] += r["encode_s"] * r["n_images"]
             t["decode_s_sum"] += r["decode_s"] * r["n_images"]
             t["files"] += r.get("files", [])
@@ -45,29 +63,55 @@ def combine(folders: list[Path]) -> tuple[list[dict], dict]:
     for t in rows.values():
         t["bpd"] = 8 * t["bytes"] / t["subpixels"]
         for way in ("encode_s", "decode_s"):
-            t[way] = t.pop(f"{way}_sum") / t["n_images"]
+            total = t.pop(f"{way}_sum")
+            t[way] = total / t["n_images"]
+            t[f"{way}_per_mpx"] = total / t["megapixels"]
         if t["files"]:
             t["bits_back_bpd"] = 8 * sum(f["bits_back_bytes"] for f in t["files"]) / t["subpixels"]
             t["bits_back_files"] = sum(f["method"] == "bits-back" for f in t["files"])
-    meta = {"parts": [str(f) for f in folders], "data": datas, "model_id": parts[0]["meta"].get("model_id"),
-            "dates": [p["meta"]["date"] for p in parts], "hardware": parts[0]["meta"].get("hardware")}
-    return list(rows.values()), meta
+    return list(rows.values()), _meta(folders, parts)
+
+
+def union(folders: list[Path]) -> tuple[list[dict], dict]:
+    """The rows of parts that coded the same images (different effort levels, say) with the
+    same model; a codec several parts ran is taken from the first part listed."""
+    parts = _load(folders)
+    for k in ("model_id", "data", "images"):
+        if len({json.dumps(p["meta"].get(k)) for p in parts}) > 1:
+            raise SystemExit(f"the parts differ in {k}: {[p['meta'].get(k) for p in parts]}")
+    rows: dict[str, dict] = {}
+    for f, p in zip(folders, parts):
+        for r in p["rows"]:
+            if r["codec"] not in rows:
+                rows[r["codec"]] = {**r, "part": str(f)}
+                if r.get("files"):
+                    rows[r["codec"]]["bits_back_files"] = sum(x["method"] == "bits-back" for x in r["files"])
+    return list(rows.values()), _meta(folders, parts)
+
+
+def _meta(folders: list[Path], parts: list[dict]) -> dict:
+    return {"parts": [str(f) for f in folders], "data": [p["meta"]["data"] for p in parts],
+            "model_id": parts[0]["meta"].get("model_id"), "dates": [p["meta"]["date"] for p in parts],
+            "hardware": parts[0]["meta"].get("hardware")}
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"# {rows[0]['n_images']} images, combined from {len(meta['parts'])} runs",
+    same = any("part" in t for t in rows)
+    head = "runs on the same images" if same else "runs"
+    lines = [f"# {rows[0]['n_images']} images, combined from {len(meta['parts'])} {head}",
              "", f"model {meta['model_id']}; parts: " + ", ".join(f"`{p}` ({d})" for p, d in
                                                                    zip(meta["parts"], meta["data"])), "",
              "| codec | bytes | bits/subpixel | bits-back only | bits-back files | encode s/img "
-             "| decode s/img |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| decode s/img |" + (" part |" if same else ""),
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---|" if same else "")]
     for t in rows:
         bb = f"{t['bits_back_bpd']:.3f}" if "bits_back_bpd" in t else ""
         nf = f"{t['bits_back_files']}/{t['n_images']}" if "bits_back_files" in t else ""
         lines.append(f"| {t['codec']} | {t['bytes']:,} | {t['bpd']:.3f} | {bb} | {nf} | {t['encode_s']:.3g} "
-                     f"| {t['decode_s']:.3g} |")
-    lines += ["", "Sums of the parts' bytes and subpixels; seconds are means per image over all parts. "
-              "Every part decoded every file and checked it bit-exact"
+                     f"| {t['decode_s']:.3g} |" + (f" `{Path(t['part']).name}` |" if same else ""))
+    how = ("Each row as its part measured it (a row several parts ran: the first part's)."
+           if same else "Sums of the parts' bytes and subpixels; seconds are means per image over all parts.")
+    lines += ["", how + " Every part decoded every file and checked it bit-exact"
               + ("." if all(t["bit_exact"] for t in rows) else " (NOT all exact)."), ""]
     return "\n".join(lines)
 
@@ -75,14 +119,19 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+", type=Path)
+    p.add_argument("--same-images", action="store_true",
+                   help="the parts coded the same images: take the union of their rows")
     p.add_argument("--out", type=Path, default=None, help="write this .md and a .json beside it")
     args = p.parse_args()
-    rows, meta = combine(args.folders)
+    rows, meta = (union if args.same_images else combine)(args.folders)
     md = markdown(rows, meta)
     print(md)
     if args.out:
         args.out.write_text(md)
         args.out.with_suffix(".json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=1))
+        n = rows[0]["n_images"]
+        plots.frontier_mpx(rows, f"{n} images, {meta['model_id']}: size against encode time",
+                           args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -290,3 +291,62 @@ def test_schedule_adapt_measures_spread_and_shifted_end_points(tmp_path):
     assert res["per_tile_best_of_shifts"] <= min(b["all"] for b in res["bounds"].values()) + 1e-9
     g = res["gamma"]
     assert all(g[i]["mean"] < g[i + 1]["mean"] for i in range(len(g) - 1))  # gamma rises with t
+
+
+def _part(folder: Path, data: str, rows: list[dict], efforts: list[int], model: str = "m1") -> Path:
+    """A results.json as `run.py --modes per-image` writes it, with only what combine reads."""
+    folder.mkdir()
+    meta = {"model_id": model, "efforts": efforts, "steps": [], "data": data, "images": [data],
+            "date": "2026-12-07", "hardware": "test"}
+    (folder / "results.json").write_text(json.dumps({"rows": rows, "meta": meta}))
+    return folder
+
+
+def _row(codec: str, n: int, nbytes: int, enc: float, effort: int | None = None,
+         files: list | None = None) -> dict:
+    r = {"codec": codec, "bytes": nbytes, "subpixels": 3000 * n, "n_images": n, "megapixels": 0.001 * n,
+         "encode_s": enc, "decode_s": enc / 2, "bpd": 8 * nbytes / (3000 * n), "bit_exact": True,
+         "steps": None}
+    if effort is not None:
+        r.update(effort=effort, steps=50, files=files or [])
+    return r
+
+
+def test_combine_adds_disjoint_parts_and_refuses_overlaps(tmp_path):
+    from benchmarks import combine
+    f1 = [{"method": "bits-back", "bits_back_bytes": 900}]
+    f2 = [{"method": "JPEG-XL", "bits_back_bytes": 1300}, {"method": "bits-back", "bits_back_bytes": 1000}]
+    a = _part(tmp_path / "a", "x/1.tif", [_row("PNG", 1, 1500, 0.1),
+                                          _row("mulancodec e7", 1, 900, 10.0, 7, f1)], [7])
+    b = _part(tmp_path / "b", "x/[23].tif", [_row("PNG", 2, 3000, 0.2),
+                                            _row("mulancodec e7", 2, 2200, 20.0, 7, f2)], [7])
+    rows, meta = combine.combine([a, b])
+    e7 = {r["codec"]: r for r in rows}["mulancodec e7"]
+    assert (e7["bytes"], e7["n_images"], e7["subpixels"], e7["effort"]) == (3100, 3, 9000, 7)
+    assert e7["bpd"] == pytest.approx(8 * 3100 / 9000)
+    assert e7["bits_back_bpd"] == pytest.approx(8 * 3200 / 9000) and e7["bits_back_files"] == 2
+    assert e7["encode_s"] == pytest.approx(50.0 / 3) and e7["encode_s_per_mpx"] == pytest.approx(50.0 / 0.003)
+    with pytest.raises(SystemExit, match="same images"):
+        combine.combine([a, _part(tmp_path / "c", "x/1.tif", [_row("PNG", 1, 1, 0.1)], [7])])
+    with pytest.raises(SystemExit, match="efforts"):
+        combine.combine([a, _part(tmp_path / "d", "x/9.tif", [_row("PNG", 1, 1, 0.1)], [5])])
+
+
+def test_combine_same_images_takes_the_union_of_rows(tmp_path):
+    from benchmarks import combine
+    a = _part(tmp_path / "a", "x/[12].tif", [_row("PNG", 2, 3000, 0.1),
+                                             _row("mulancodec e2", 2, 2600, 5.0, 2)], [2])
+    b = _part(tmp_path / "b", "x/[12].tif", [_row("PNG", 2, 9999, 0.1),
+                                             _row("mulancodec e7", 2, 2200, 50.0, 7)], [7])
+    rows, _ = combine.union([a, b])
+    by = {r["codec"]: r for r in rows}
+    assert sorted(by) == ["PNG", "mulancodec e2", "mulancodec e7"]
+    assert by["PNG"]["bytes"] == 3000 and by["PNG"]["part"] == str(a)  # the first part's row
+    with pytest.raises(SystemExit, match="model_id"):
+        combine.union([a, _part(tmp_path / "c", "x/[12].tif", [_row("PNG", 2, 1, 0.1)], [7], model="m2")])
+    out = tmp_path / "all.md"
+    r = subprocess.run([sys.executable, str(Path(combine.__file__)), "--same-images", str(a), str(b),
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "mulancodec e7" in out.read_text() and out.with_suffix(".png").stat().st_size > 1000
+    assert len(json.loads(out.with_suffix(".json").read_text())["rows"]) == 3

@@ -12,7 +12,13 @@ measurements on validation tiles, split into the flattest and busiest quarters b
   2. the T-step bound (stratified, paired draws) with gamma(0) shifted by each --g0-shift
      (gamma(1) kept): whether flat and busy tiles would want different end points. The
      per-tile best of the shifts is an optimistic bound on what adapting gamma(0) per tile
-     could save (it picks on the same draws).
+     could save (it picks on the same draws);
+  3. with --flatten, the same bound with the schedule's shape made uniform (the end points
+     kept): over each tile's pixels, a schedule per colour channel ("channel"), within each
+     tile ("tile": each tile's own scalar schedule, its subpixels' mean coefficients) and
+     across all tiles too ("global": one scalar schedule for every tile).
+     A post-hoc ablation of the trained model (not one at equal training): what its
+     per-pixel and per-image schedules are worth to it.
 Writes schedule_adapt.json to --out.
 """
 from __future__ import annotations
@@ -34,6 +40,7 @@ if __package__ in (None, ""):
 from benchmarks.elbo_vs_T import flatness
 from mulancodec.exact.quantcost import paired_elbo
 from mulancodec.model.mulan import MuLAN, to_unit
+from mulancodec.model.schedule import Schedule
 from mulancodec.training.data import batch_tensors, image_tiles, load_images
 from mulancodec.weights import load_model
 
@@ -71,6 +78,37 @@ def shifted(model: MuLAN, shift: float) -> MuLAN:
     return m
 
 
+def _coeffs(sched: Schedule) -> tuple[torch.Tensor, ...]:
+    return sched.a, sched.b, sched.d
+
+
+def flattened(model: MuLAN, scope: str, like_all: torch.Tensor | None = None,
+              ctx_all: torch.Tensor | None = None) -> MuLAN:
+    """A copy whose schedule has the same end points but a shape uniform over each tile's
+    pixels (scope "channel": the mean of each channel's coefficient map), within each tile
+    ("tile": the mean of each tile's coefficient maps) or over all tiles ("global": the mean
+    over `like_all`'s tiles, c at its posterior mean)."""
+    m = copy.deepcopy(model)
+    own = m.schedule
+    fixed = None
+    if scope == "global":
+        with torch.no_grad():
+            xu = to_unit(like_all)
+            post = model.latent_posterior(xu)
+            sched = model.schedule(None if post is None else post[0], xu, ctx_all)
+            fixed = [v.mean() for v in _coeffs(sched)]
+
+    def schedule(c: torch.Tensor | None, like: torch.Tensor, ctx: torch.Tensor | None = None) -> Schedule:
+        sched = own(c, like, ctx)
+        dims = (2, 3) if scope == "channel" else (1, 2, 3)
+        means = fixed if fixed is not None else [v.mean(dim=dims, keepdim=True) for v in _coeffs(sched)]
+        a, b, d = (mu.expand_as(v).to(v.dtype) for mu, v in zip(means, _coeffs(sched)))
+        return Schedule(a, b, d, sched.g0, sched.g1, sched.eps)
+
+    m.schedule = schedule  # type: ignore[method-assign]
+    return m
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help=".npz with array x, a folder of images, or a glob")
@@ -80,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--strata", type=int, default=5, help="stratified steps per tile")
     p.add_argument("--g0-shift", type=float, nargs="*", default=[-0.75, 0.75],
                    help="gamma(0) shifts to bound (0 is always included); none: skip the bounds")
+    p.add_argument("--flatten", action="store_true",
+                   help="also bound the schedule made uniform within each tile, and across tiles")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
@@ -99,7 +139,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.g0_shift:
         shifts = sorted({0.0, *a.g0_shift})
         models = {s: shifted(model, s) for s in shifts}
+        if a.flatten:
+            models.update(channel=flattened(model, "channel"), tile=flattened(model, "tile"),
+                          whole=flattened(model, "global", x, ctx))
         res = paired_elbo(models, tiles, a.steps, a.strata, a.batch_size, a.seed)
+        for name, label in (("channel", "uniform_per_channel"), ("tile", "uniform_within_tile"),
+                            ("whole", "uniform_everywhere")):
+            if name in res:
+                t, base = res[name]["total"], res[0.0]["total"]
+                diff = t - base
+                out["bounds"][label] = {
+                    "all": float(t.mean()), "flattest_quarter": float(t[order[:q]].mean()),
+                    "busiest_quarter": float(t[order[-q:]].mean()),
+                    "minus_as_trained": float(diff.mean()),
+                    "ci95": float(1.96 * diff.std(ddof=1) / math.sqrt(len(diff)))}
         for s in shifts:
             t = res[s]["total"]
             out["bounds"][f"{s:+g}"] = {

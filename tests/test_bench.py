@@ -293,6 +293,50 @@ def test_schedule_adapt_measures_spread_and_shifted_end_points(tmp_path):
     assert all(g[i]["mean"] < g[i + 1]["mean"] for i in range(len(g) - 1))  # gamma rises with t
 
 
+
+def test_schedule_adapt_flattened_schedules_keep_end_points(tmp_path):
+    """--flatten: the schedule made uniform per channel, per tile and everywhere keeps
+    gamma(0) and gamma(1), is uniform where it says, and each gets a paired bound."""
+    import torch
+    from conftest import make_tiny_model
+
+    from benchmarks import schedule_adapt
+    from mulancodec.model.mulan import to_unit
+    from mulancodec.weights import save_model
+
+    m = make_tiny_model(0, "tiny-dec").eval()
+    with torch.no_grad():  # a schedule that varies by pixel, channel and image, so flattening shows
+        for prm in m.schedule_net.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+    m.requires_grad_(False)
+    x = torch.randint(0, 256, (3, 3, 16, 16)).float()
+    xu = to_unit(x)
+    c = m.latent_posterior(xu)[0]
+    own = m.schedule(c, xu)
+    spread = {}
+    for scope in ("channel", "tile", "global"):
+        f = schedule_adapt.flattened(m, scope, x, None)
+        s = f.schedule(c, xu)
+        assert torch.allclose(s.gamma(0.0), own.gamma(0.0)) and torch.allclose(s.gamma(1.0), own.gamma(1.0))
+        g = s.gamma(0.5).expand_as(xu)
+        spread[scope] = (float(g.std(dim=(2, 3)).max()), float(g.flatten(1).std(1).max()),
+                         float(g.mean(dim=(1, 2, 3)).std()))
+    assert float(own.gamma(0.5).expand_as(xu).std(dim=(2, 3)).max()) > 1e-3  # the original varies
+    assert spread["channel"][0] < 1e-5 and spread["channel"][1] > 1e-4  # uniform over pixels only
+    assert spread["tile"][1] < 1e-5 and spread["tile"][2] > 1e-5  # one scalar per tile
+    assert spread["global"][1] < 1e-5 and spread["global"][2] < 1e-5  # one for all tiles
+    path = tmp_path / "m.safetensors"
+    save_model(m, path)
+    data = _png_folder(tmp_path, [(32, 32), (20, 24)])
+    out = tmp_path / "out"
+    assert schedule_adapt.main(["--data", str(data), "--model", str(path), "--steps", "4", "--strata", "2",
+                                "--g0-shift", "0", "--flatten", "--out", str(out)]) == 0
+    b = json.loads((out / "schedule_adapt.json").read_text())["bounds"]
+    assert set(b) == {"+0", "uniform_per_channel", "uniform_within_tile", "uniform_everywhere"}
+    for k in ("uniform_per_channel", "uniform_within_tile", "uniform_everywhere"):
+        assert b[k]["minus_as_trained"] == pytest.approx(b[k]["all"] - b["+0"]["all"], abs=1e-9)
+        assert b[k]["all"] != b["+0"]["all"]
+
 def _part(folder: Path, data: str, rows: list[dict], efforts: list[int], model: str = "m1") -> Path:
     """A results.json as `run.py --modes per-image` writes it, with only what combine reads."""
     folder.mkdir()

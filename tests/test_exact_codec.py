@@ -31,7 +31,7 @@ from mulancodec.zoo import ModelFileError
 T = 3
 
 
-@pytest.fixture(scope="module", params=["tiny-lv", "tiny-unusual", "tiny-dec"])
+@pytest.fixture(scope="module", params=["tiny-lv", "tiny-unusual", "tiny-dec", "tiny-phase"])
 def layout(request):
     """A tiny model with everything (latent, context, learned variance and ends); and one of
     a layout no shipped model has, whose integer version nothing was written for."""

@@ -33,7 +33,7 @@ def _tiles(cfg, n: int, seed: int):
 
 
 @pytest.fixture(scope="module", params=[("tiny", 2), ("tiny-lv", 2), ("tiny-nolatent", 2), ("tiny-lv", 1),
-                                        ("tiny-unusual", 2)],
+                                        ("tiny-unusual", 2), ("tiny-phase", 2)],
                 ids=lambda p: f"{p[0]}-scheme{p[1]}")
 def case(request):
     """(float model, integer model, inputs) for a tiny config and integer scheme."""
@@ -97,6 +97,30 @@ def test_a_context_schedule_reads_the_context_in_both_arithmetics():
     # the integer schedule's response to the context is the float one's, up to quantisation
     # error (grids fitted on other tiles); ignoring or misreading the context gives ~1 or more
     assert rms((g_i - g_i_none) - (g_f - g_f_none)) < 0.5 * effect
+
+
+def test_a_phase_schedule_is_periodic_in_both_arithmetics():
+    """`schedule_phase`: the offsets repeat with the period, so pixels at the same position
+    modulo it share a schedule, and the integer schedule's offsets are the float one's."""
+    m = make_tiny_model(0, "tiny-phase")
+    qm = quantize(m, _tiles(m.cfg, 24, 1))
+    x, ctx = batch_tensors(_tiles(m.cfg, B, 2), "cpu")
+    xu = to_unit(x)
+    with torch.no_grad():
+        c = m.latent_posterior(xu)[0].mean(dim=(2, 3), keepdim=True).expand_as(m.latent_posterior(xu)[0])
+        g_f = m.schedule(c, xu, ctx).gamma(0.5)
+    g_i = qm.schedule(c, xu, ctx).gamma(0.5)
+    for g in (g_f, g_i.float()):
+        inner = g[:, :, 4:12, 4:12]  # away from the schedule net's zero padding
+        for i in range(2):
+            for j in range(2):
+                cls = inner[:, :, i::2, j::2]
+                assert float((cls - cls.mean(dim=(2, 3), keepdim=True)).abs().max()) < 5e-3
+        # the first position starts less noisy (PHASE_START), by far more than the net's spread
+        assert float((inner[:, :, 1::2, 1::2].mean() - inner[:, :, 0::2, 0::2].mean())) > 0.05
+    grid = 2.0 ** 20
+    assert torch.equal(qm.schedule_net.phase, torch.round(m.schedule_net.phase.double() * grid) / grid)
+    assert float((g_i - g_f.double()).abs().max()) < 0.05
 
 
 def test_float32_and_float64_carriers_agree(case):

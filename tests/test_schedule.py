@@ -54,3 +54,33 @@ def test_mulan_schedule_starts_linear():
     c = torch.randn(1, *m.latent_shape(16, 16))
     s = m.schedule(c, torch.zeros(1, 3, 16, 16))
     assert torch.allclose(s.gamma(0.5), torch.full((1, 3, 16, 16), -13.3 + 0.5 * 18.3), atol=0.05)
+
+
+def test_phase_offsets_repeat_with_the_period_and_need_the_conv_mulan_schedule():
+    """`schedule_phase`: a fresh model's first position modulo the period is less noisy at
+    every 0 < t < 1 (the other three share one schedule), the end points stay, and a config
+    that cannot hold it is refused."""
+    import dataclasses
+
+    import pytest
+
+    from mulancodec.model.schedule import tiled_phase
+
+    m = MuLAN(CONFIGS["tiny-phase"].model)
+    c = torch.zeros(1, *m.latent_shape(16, 16))
+    s = m.schedule(c, torch.zeros(1, 3, 16, 16))
+    for t in (0.2, 0.5, 0.8):
+        g = s.gamma(t)[0, :, 4:12, 4:12]
+        first, others = g[:, 0::2, 0::2], torch.stack([g[:, 0::2, 1::2], g[:, 1::2, 0::2], g[:, 1::2, 1::2]])
+        assert float(first.max()) < float(others.min()) - 0.05
+        assert float(others.std(dim=0).max()) < 2e-3
+    for end in (0.0, 1.0):
+        assert torch.allclose(s.gamma(end), s.gamma(end).flatten()[0])
+    p = torch.arange(3 * 3 * 4.0).reshape(9, 2, 2)
+    t = tiled_phase(p, 6, 4)
+    assert t.shape == (1, 9, 6, 4) and torch.equal(t[0, :, 4:6, 2:4], p)
+    assert torch.equal(t[0, :, 1, 3], p[:, 1, 1])
+    base = CONFIGS["tiny-phase"].model
+    for bad in (dict(schedule="scalar"), dict(latent_channels=0), dict(schedule_phase=3)):
+        with pytest.raises(ValueError, match="schedule_phase"):
+            dataclasses.replace(base, **bad).validate()

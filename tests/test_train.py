@@ -175,6 +175,14 @@ def test_warm_start_copies_shared_weights_and_zeroes_context(tmp_path):
     assert not w[:, old.denoiser.conv_in.weight.shape[1]:].any()
     with pytest.raises(ValueError, match="does not fit"):
         warm_start(MuLAN(CONFIGS["tiny-nolatent"].model), str(tmp_path / "old.safetensors"))
+    # a model with `schedule_phase` from one without: every other tensor copied, the offsets new
+    dec = make_tiny_model(seed=3, config="tiny-dec")
+    save_model(dec, tmp_path / "dec.safetensors")
+    phased = MuLAN(CONFIGS["tiny-phase"].model).eval()
+    start = phased.schedule_net.phase.detach().clone()
+    warm_start(phased, str(tmp_path / "dec.safetensors"))
+    assert torch.equal(phased.schedule_net.phase, start)
+    assert all(torch.equal(v, phased.state_dict()[k]) for k, v in dec.state_dict().items())
 
 
 @pytest.mark.parametrize("warmup, decay", [(1, 0.9), (10, 0.1)])

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..model.configs import ModelConfig
 from ..model.latent import LatentEncoder
-from ..model.schedule import Schedule, ScheduleNet, context_features
+from ..model.schedule import Schedule, ScheduleNet, context_features, tiled_phase
 from . import exactmath as em
 from .intnorm import QAct
 from .intops import QConv, limb_max
@@ -24,6 +24,7 @@ from .intops import QConv, limb_max
 _M = TypeVar("_M", bound=nn.Module)
 
 PIXEL_BITS, LATENT_BITS = 8, 8  # x in [-1, 1]: integers 2x + 1 - 256 at 2^-8; c at 2^-8
+PHASE_BITS = 20  # `schedule_phase` offsets at 2^-20
 FEATURE_BITS = 12  # the schedule's context features (exact float32 values in [-1, 1]) at 2^-12
 
 
@@ -126,6 +127,9 @@ class QScheduleNet(nn.Module):
                                                      dtype=torch.float64))
         if cfg.learned_ends:
             self.register_buffer("ends", torch.zeros(2, dtype=torch.float64))
+        if cfg.schedule_phase:  # on the 2^-PHASE_BITS grid: exact to add in float64
+            P = cfg.schedule_phase
+            self.register_buffer("phase", torch.zeros(3 * C, P, P, dtype=torch.float64))
 
     def _features(self, ctx: Tensor | None, cells: tuple[int, ...], device: torch.device) -> Tensor:
         """The context branch's input: `context_features` (float32; zeros without context)."""
@@ -153,6 +157,8 @@ class QScheduleNet(nn.Module):
             self.coef.copy_(net.coef.detach().double())
         if self.cfg.learned_ends:
             self.ends.copy_(net.ends.detach().double())
+        if self.cfg.schedule_phase:
+            self.phase.copy_(torch.round(net.phase.detach().double() * 2.0 ** PHASE_BITS) / 2.0 ** PHASE_BITS)
 
     def end_points(self) -> tuple[float | Tensor, float | Tensor]:
         if not self.cfg.learned_ends:
@@ -168,7 +174,12 @@ class QScheduleNet(nn.Module):
                 feats = self._features(ctx, tuple(c.shape[2:]), c.device)
                 extra = self._crop(self.context_net(_on_grid(feats, FEATURE_BITS)))
                 q = torch.cat([q, _on_grid(extra, LATENT_BITS).expand(q.shape[0], -1, -1, -1)], dim=1)
-            a, b, d = self.net(q).chunk(3, dim=1)
+            coef = self.net(q)
+            if self.cfg.schedule_phase:
+                if self.phase.abs().max() > 2.0 ** 20 or (self.phase * 2.0 ** PHASE_BITS).frac().any():
+                    raise ValueError("schedule phase offsets off their grid")
+                coef = coef + tiled_phase(self.phase, coef.shape[2], coef.shape[3])
+            a, b, d = coef.chunk(3, dim=1)
         elif self.cfg.schedule == "linear":
             a = b = torch.zeros(1, 1, 1, 1, dtype=torch.float64)
             d = a + 1.0

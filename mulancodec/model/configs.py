@@ -64,6 +64,11 @@ class ModelConfig:
     # the schedule also sees the context (pixels the decoder has around the tile), so
     # smooth and busy regions get their own schedules at no cost in bits
     schedule_context: bool = False
+    # learned offsets of the schedule's coefficient maps by a pixel's position modulo this
+    # period (0: none): a spatial reveal order (say, one pixel in four less noisy at each t,
+    # its neighbours then predicted from it), which a schedule computed from the latent by
+    # convolutions cannot make while the latent carries nothing
+    schedule_phase: int = 0
     # p(x | z_0): "vdm" (a pixel-grid Gaussian at z_0 / alpha_0, VDM's) or "denoiser" (the
     # same Gaussian at the denoiser's x-hat(z_0), as wide as its predicted error): the
     # denoiser's lets the chain stop at a noise std near half a grey level, where VDM's
@@ -96,7 +101,7 @@ class ModelConfig:
         ints = {"channels": (3, 3), "tile": (1, 1024), "schedule_width": (1, 4096),
                 "schedule_dense_width": (1, 1 << 16), "latent_channels": (0, 256),
                 "latent_factor": (1, 256), "latent_width": (1, 4096), "width": (1, 4096),
-                "blocks": (1, 64), "context": (0, 256), "full_blocks": (0, 64)}
+                "blocks": (1, 64), "context": (0, 256), "full_blocks": (0, 64), "schedule_phase": (0, 16)}
         for name, (lo, hi) in ints.items():
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
@@ -123,6 +128,11 @@ class ModelConfig:
         if self.schedule_context and not (self.context and self.schedule == "mulan"
                                           and self.latent_channels and self.schedule_head == "conv"):
             raise ValueError("schedule_context needs a context margin and the conv mulan schedule")
+        if self.schedule_phase and not (self.schedule == "mulan" and self.latent_channels
+                                        and self.schedule_head == "conv"
+                                        and self.tile % self.schedule_phase == 0):
+            raise ValueError("schedule_phase needs the conv mulan schedule and a tile that is a "
+                             "multiple of it")
         if self.decoder not in ("vdm", "denoiser"):
             raise ValueError(f"decoder must be vdm or denoiser, not {self.decoder!r}")
         if self.decoder == "denoiser" and not self.learned_variance:
@@ -269,6 +279,10 @@ CONFIGS: dict[str, Config] = {
     "tiny-dec": Config("tiny-dec", _tiny_model(context=8, reverse_variance="learned", learned_ends=True,
                                                decoder="denoiser"),
                        dataclasses.replace(_TINY_TRAIN, loss_steps=10, loss_steps_mix=(5, 10))),
+    # tiny-dec with a spatial reveal order (`ModelConfig.schedule_phase`)
+    "tiny-phase": Config("tiny-phase", _tiny_model(context=8, reverse_variance="learned", learned_ends=True,
+                                                   decoder="denoiser", schedule_phase=2),
+                         dataclasses.replace(_TINY_TRAIN, loss_steps=10, loss_steps_mix=(5, 10))),
     "tiny-linear": Config("tiny-linear", _tiny_model(schedule="linear", latent_channels=0), _TINY_TRAIN),
     # The ablations at 32x32 and CPU scale, trained for equal steps (runs compared in the model issue's closing note).
     **{f"mini{suffix}": Config(f"mini{suffix}", ModelConfig(

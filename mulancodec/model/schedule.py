@@ -88,6 +88,16 @@ def context_features(ctx: Tensor, factor: int) -> Tensor:
     return torch.cat([cell(k) / area, local, cell(ctx[:, :3] * k) / area, tile_rough], dim=1)
 
 
+PHASE_START = 0.5  # `schedule_phase`: the first position's a starts this much higher
+
+
+def tiled_phase(phase: Tensor, height: int, width: int) -> Tensor:
+    """The (1, 3C, height, width) offsets of `schedule_phase`: `phase` (3C, P, P) repeated, so
+    a pixel's offset is its position modulo P (a tile's origin is a multiple of P)."""
+    P = phase.shape[-1]
+    return phase.repeat(1, -(-height // P), -(-width // P))[None, :, :height, :width]
+
+
 class ScheduleNet(nn.Module):
     """Maps the latent c (or nothing) to the schedule's coefficient maps."""
 
@@ -134,6 +144,15 @@ class ScheduleNet(nn.Module):
             n = C if self.kind == "mulan" else 1
             self.coef = nn.Parameter(torch.tensor([[0.0] * n, [0.0] * n, [1.0] * n]))
         # "linear" has no parameters
+        self.phase = None
+        if cfg.schedule_phase:
+            # per (coefficient map, position modulo the period) offsets; they start with the
+            # first position's a raised by PHASE_START (less noise there at every 0 < t < 1),
+            # since from equal offsets every position's gradient is the same and none would move
+            P = cfg.schedule_phase
+            start = torch.zeros(3 * C, P, P)
+            start[:C, 0, 0] = PHASE_START
+            self.phase = nn.Parameter(start)
         if cfg.learned_ends:  # gamma(0) and log(gamma(1) - gamma(0)): ordered by construction
             self.ends = nn.Parameter(torch.tensor(
                 [cfg.gamma_min, math.log(cfg.gamma_max - cfg.gamma_min)]))
@@ -168,7 +187,10 @@ class ScheduleNet(nn.Module):
         cfg = self.cfg
         if self.conditional:
             assert c is not None
-            a, b, d = self.coefficients(c, ctx).float().chunk(3, dim=1)
+            coef = self.coefficients(c, ctx).float()
+            if self.phase is not None:
+                coef = coef + tiled_phase(self.phase.float(), coef.shape[2], coef.shape[3])
+            a, b, d = coef.chunk(3, dim=1)
         elif self.kind == "linear":
             z = like.new_zeros(1, 1, 1, 1, dtype=torch.float32)
             a, b, d = z, z, z + 1

@@ -178,7 +178,7 @@ def warm_start(model: MuLAN, path: str) -> str:
     has more input channels than that of a model without context: the shared ones are
     copied and the context ones start at zero, so the new model starts out computing
     what the old one did on the tile alone. Likewise a learned-variance model's extra
-    outputs and learned end points start from their initial values.
+    outputs, learned end points and schedule phase offsets start from their initial values.
     """
     lm = load_model(path)
     src = lm.model.state_dict()
@@ -200,6 +200,8 @@ def warm_start(model: MuLAN, path: str) -> str:
                 pass  # learned end points start at the config's (the source's fixed ones)
             elif s is None and name.startswith(("denoiser.full.", "schedule_net.context_net.")):
                 pass  # added parts: zero residuals, or read through zero weights (above)
+            elif s is None and name == "schedule_net.phase":
+                pass  # `schedule_phase` offsets start at their initial values
             else:
                 raise ValueError(f"--init {path}: {name} does not fit this config")
     return lm.model_id

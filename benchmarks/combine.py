@@ -86,7 +86,16 @@ def union(folders: list[Path]) -> tuple[list[dict], dict]:
                 rows[r["codec"]] = {**r, "part": str(f)}
                 if r.get("files"):
                     rows[r["codec"]]["bits_back_files"] = sum(x["method"] == "bits-back" for x in r["files"])
-    return list(rows.values()), _meta(folders, parts)
+    if "JPEG-XL e9" in rows:  # run.py's lone JPEG-XL row is effort 9: keep one of the two
+        rows.pop("JPEG-XL", None)
+
+    def family(r: dict) -> str:
+        return plots.effort_family(r) or r["codec"]
+
+    # each codec's effort levels together, in order (the parts ran them in any order)
+    first = {name: k for k, name in enumerate(dict.fromkeys(family(r) for r in rows.values()))}
+    order = sorted(rows.values(), key=lambda r: (first[family(r)], r.get("effort") or 0))
+    return order, _meta(folders, parts)
 
 
 def _meta(folders: list[Path], parts: list[dict]) -> dict:
@@ -105,7 +114,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "| decode s/img |" + (" part |" if same else ""),
              "|---|---:|---:|---:|---:|---:|---:|" + ("---|" if same else "")]
     for t in rows:
-        bb = f"{t['bits_back_bpd']:.3f}" if "bits_back_bpd" in t else ""
+        bb = f"{t['bits_back_bpd']:.3f}" if t.get("bits_back_bpd") is not None else ""
         nf = f"{t['bits_back_files']}/{t['n_images']}" if "bits_back_files" in t else ""
         lines.append(f"| {t['codec']} | {t['bytes']:,} | {t['bpd']:.3f} | {bb} | {nf} | {t['encode_s']:.3g} "
                      f"| {t['decode_s']:.3g} |" + (f" `{Path(t['part']).name}` |" if same else ""))

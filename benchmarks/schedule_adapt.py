@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help=".npz with array x, a folder of images, or a glob")
     p.add_argument("--model", default="photo", help="shipped model name or file (a float model)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many tiles")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--steps", type=int, default=50, help="T of the bounds")
     p.add_argument("--strata", type=int, default=5, help="stratified steps per tile")
     p.add_argument("--g0-shift", type=float, nargs="*", default=[-0.75, 0.75],

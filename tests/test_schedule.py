@@ -66,7 +66,7 @@ def test_phase_offsets_repeat_with_the_period_and_need_the_conv_mulan_schedule()
 
     from mulancodec.model.schedule import tiled_phase
 
-    m = MuLAN(CONFIGS["tiny-phase"].model)
+    m = MuLAN(CONFIGS["tiny-phase"].model).requires_grad_(False)
     c = torch.zeros(1, *m.latent_shape(16, 16))
     s = m.schedule(c, torch.zeros(1, 3, 16, 16))
     for t in (0.2, 0.5, 0.8):

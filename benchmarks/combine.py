@@ -30,16 +30,18 @@ KEYS = ("model_id", "efforts", "steps")  # what every disjoint part must share
 CARRIED = ("steps", "effort", "effort_settings", "adapt")  # a row's settings, the same in every part
 
 
-def _load(folders: list[Path]) -> list[dict]:
-    return [json.loads((f / "results.json").read_text()) for f in folders]
+def _load(folders: list[Path], same: tuple[str, ...]) -> list[dict]:
+    """The parts' results; refused unless they agree on every meta key in `same`."""
+    parts = [json.loads((f / "results.json").read_text()) for f in folders]
+    for k in same:
+        if len({json.dumps(p["meta"].get(k)) for p in parts}) > 1:
+            raise SystemExit(f"the parts differ in {k}: {[p['meta'].get(k) for p in parts]}")
+    return parts
 
 
 def combine(folders: list[Path]) -> tuple[list[dict], dict]:
     """Rows summed over parts that coded disjoint sets of images with the same settings."""
-    parts = _load(folders)
-    for k in KEYS:
-        if len({json.dumps(p["meta"].get(k)) for p in parts}) > 1:
-            raise SystemExit(f"the parts differ in {k}: {[p['meta'].get(k) for p in parts]}")
+    parts = _load(folders, KEYS)
     datas = [p["meta"]["data"] for p in parts]
     if len(set(datas)) < len(datas):
         raise SystemExit(f"two parts cover the same images: {datas}")
@@ -75,17 +77,11 @@ def combine(folders: list[Path]) -> tuple[list[dict], dict]:
 def union(folders: list[Path]) -> tuple[list[dict], dict]:
     """The rows of parts that coded the same images (different effort levels, say) with the
     same model; a codec several parts ran is taken from the first part listed."""
-    parts = _load(folders)
-    for k in ("model_id", "data", "images"):
-        if len({json.dumps(p["meta"].get(k)) for p in parts}) > 1:
-            raise SystemExit(f"the parts differ in {k}: {[p['meta'].get(k) for p in parts]}")
+    parts = _load(folders, ("model_id", "data", "images"))
     rows: dict[str, dict] = {}
     for f, p in zip(folders, parts):
         for r in p["rows"]:
-            if r["codec"] not in rows:
-                rows[r["codec"]] = {**r, "part": str(f)}
-                if r.get("files"):
-                    rows[r["codec"]]["bits_back_files"] = sum(x["method"] == "bits-back" for x in r["files"])
+            rows.setdefault(r["codec"], {**r, "part": str(f)})  # run.py's rows count their bits-back files
     if "JPEG-XL e9" in rows:  # run.py's lone JPEG-XL row is effort 9: keep one of the two
         rows.pop("JPEG-XL", None)
 

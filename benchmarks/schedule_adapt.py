@@ -140,24 +140,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         shifts = sorted({0.0, *a.g0_shift})
         models = {s: shifted(model, s) for s in shifts}
         if a.flatten:
-            models.update(channel=flattened(model, "channel"), tile=flattened(model, "tile"),
-                          whole=flattened(model, "global", x, ctx))
+            models.update({"uniform_per_channel": flattened(model, "channel"),
+                           "uniform_within_tile": flattened(model, "tile"),
+                           "uniform_everywhere": flattened(model, "global", x, ctx)})
         res = paired_elbo(models, tiles, a.steps, a.strata, a.batch_size, a.seed)
-        for name, label in (("channel", "uniform_per_channel"), ("tile", "uniform_within_tile"),
-                            ("whole", "uniform_everywhere")):
-            if name in res:
-                t, base = res[name]["total"], res[0.0]["total"]
-                diff = t - base
-                out["bounds"][label] = {
-                    "all": float(t.mean()), "flattest_quarter": float(t[order[:q]].mean()),
-                    "busiest_quarter": float(t[order[-q:]].mean()),
-                    "minus_as_trained": float(diff.mean()),
-                    "ci95": float(1.96 * diff.std(ddof=1) / math.sqrt(len(diff)))}
-        for s in shifts:
-            t = res[s]["total"]
-            out["bounds"][f"{s:+g}"] = {
-                "all": float(t.mean()), "flattest_quarter": float(t[order[:q]].mean()),
-                "busiest_quarter": float(t[order[-q:]].mean()), "recon": float(res[s]["recon"].mean())}
+
+        def summary(t: np.ndarray) -> dict[str, float]:
+            return {"all": float(t.mean()), "flattest_quarter": float(t[order[:q]].mean()),
+                    "busiest_quarter": float(t[order[-q:]].mean())}
+
+        for name in models:
+            t = res[name]["total"]
+            if isinstance(name, float):
+                out["bounds"][f"{name:+g}"] = {**summary(t), "recon": float(res[name]["recon"].mean())}
+            else:
+                diff = t - res[0.0]["total"]
+                out["bounds"][name] = {**summary(t), "minus_as_trained": float(diff.mean()),
+                                       "ci95": float(1.96 * diff.std(ddof=1) / math.sqrt(len(diff)))}
         best = np.min(np.stack([res[s]["total"] for s in shifts]), axis=0)
         out["per_tile_best_of_shifts"] = float(best.mean())
     folder = a.out or RESULTS / f"schedule-adapt-{Path(a.data).stem}"

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from mulancodec.adapt import deltas as D  # noqa: E402
 from mulancodec.adapt.params import SUBSET_NAMES, adapt_tensors  # noqa: E402
-from mulancodec.adapt.tune import SCHEDULES, finetune_snapshots, own_tiles  # noqa: E402
+from mulancodec.adapt.tune import BATCH, SCHEDULES, finetune_snapshots, own_tiles  # noqa: E402
 from mulancodec.exact.quantcost import paired_elbo  # noqa: E402
 from mulancodec.training.data import load_images  # noqa: E402
 from mulancodec.weights import load_model  # noqa: E402
@@ -63,13 +63,15 @@ def _snapshots(args: argparse.Namespace, fm, tiles, tensors, key: str) -> dict:
     float model, subset, T, lr and seed: `key` is cache_key's), else fine-tuned (and saved
     there)."""
     sched = "" if args.schedule == "constant" else f"-{args.schedule}"
-    name = f"{key}-T{args.steps}-lr{args.lr}{sched}-s{args.seed}.pt"
+    batch = "" if args.batch == BATCH else f"-b{args.batch}"
+    name = f"{key}-T{args.steps}-lr{args.lr}{sched}{batch}-s{args.seed}.pt"
     path = Path(args.cache) / name if args.cache else None
     have = torch.load(path) if path is not None and path.exists() else {}
     todo = [k for k in args.snapshots if k not in have]
     if todo:
         have.update(finetune_snapshots(fm.model, tiles, tensors, sorted(set(todo) | set(have)), args.steps,
-                                       lr=args.lr, seed=args.seed, schedule=args.schedule))
+                                       lr=args.lr, batch=args.batch, seed=args.seed,
+                                       schedule=args.schedule))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(have, path)
@@ -112,7 +114,7 @@ def tune(args: argparse.Namespace) -> None:
                     fl = None if fbase is None else fbase - totals(
                         D.apply_float(fm.model, tensors, d), tiles, args.steps, args.strata, args.seed)
                     row = {"image": n, "shape": list(image.shape), "tiles": len(tiles), "T": args.steps,
-                           "lr": args.lr, "schedule": args.schedule,
+                           "lr": args.lr, "schedule": args.schedule, "batch": args.batch,
                            "subset": SUBSET_NAMES[subset], "params": sum(t.numel for t in tensors),
                            "adapt_steps": k, "step_exps": exps, "nonzero": d.nonzero(),
                            "delta_bits": block_bits(blk), "base_bpsp": float(base.mean()),
@@ -180,6 +182,7 @@ def main() -> None:
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--schedule", choices=SCHEDULES, default="constant",
                    help="the step size over the run (linear: falls to 0 at the last snapshot)")
+    t.add_argument("--batch", type=int, default=BATCH, help="tiles per fine-tuning step")
     t.add_argument("--cache", default=None, help="folder for the fine-tuned deltas (reused by later runs)")
     t.add_argument("--float-gain", action="store_true",
                    help="also measure the float model's gain with the same quantised deltas")

@@ -265,3 +265,18 @@ def test_a_linear_schedule_steps_as_far_first_and_falls_to_nothing(flm, image):
     assert all(torch.equal(one[n], const[1][n]) for n in one)
     with pytest.raises(ValueError, match="schedule"):
         finetune(flm.model, tiles, tensors, 1, T, schedule="cosine")
+
+
+def test_a_step_takes_distinct_tiles_and_repeats_a_small_image_whole():
+    """A batch no larger than the image is distinct tiles; a larger one holds every tile
+    as often as fits and then distinct ones, so no tile is drawn twice more than another."""
+    from mulancodec.adapt.tune import batch_indices
+
+    rng = np.random.default_rng(0)
+    few = batch_indices(rng, 20, 8)
+    assert len(few) == 8 and len(set(few.tolist())) == 8 and few.max() < 20
+    many = batch_indices(rng, 5, 12)
+    counts = np.bincount(many, minlength=5)
+    assert len(many) == 12 and counts.min() == 2 and counts.max() == 3 and counts.sum() == 12
+    exact = batch_indices(rng, 4, 8)
+    assert np.array_equal(np.sort(exact), np.repeat(np.arange(4), 2))

@@ -43,6 +43,15 @@ def finetune(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTensor], steps
     return finetune_snapshots(model, tiles, tensors, [steps], T, lr, batch, seed, progress, schedule)[steps]
 
 
+def batch_indices(rng: np.random.Generator, tiles: int, batch: int) -> np.ndarray:
+    """One step's tiles: `batch` distinct tiles, or, when the image has fewer, every tile
+    as often as fits and a random distinct rest (each copy gets its own noise draw)."""
+    whole, rest = divmod(batch, tiles)
+    if not whole:
+        return rng.choice(tiles, batch, replace=False)
+    return np.concatenate([np.tile(np.arange(tiles), whole), rng.choice(tiles, rest, replace=False)])
+
+
 def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTensor],
                        snapshots: Sequence[int], T: int, lr: float = LR, batch: int = BATCH,
                        seed: int = 0, progress: Callable[[int], None] | None = None,
@@ -62,13 +71,12 @@ def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTens
     rng = np.random.default_rng(seed)
     dev = next(work.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
-    n = min(batch, len(tiles))
     out: dict[int, Delta] = {}
     last = max(snapshots, default=0)
     for step in range(1, last + 1):
         if schedule == "linear":
             opt.param_groups[0]["lr"] = lr * (last - step + 1) / last
-        x, ctx = batch_tensors(tiles.take(rng.choice(len(tiles), n, replace=False)), dev)
+        x, ctx = batch_tensors(tiles.take(batch_indices(rng, len(tiles), batch)), dev)
         with torch.enable_grad():
             loss = work.terms(x, steps=T, generator=gen, ctx=ctx).total.mean()
             opt.zero_grad(set_to_none=True)

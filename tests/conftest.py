@@ -22,11 +22,12 @@ SHARED = ROOT.parent / "shared" / "datasets"
 CIFAR_TEST = SHARED / "cifar10" / "test.npz"
 CIFAR_TRAIN0 = SHARED / "cifar10" / "train_0.npz"
 # The first shipped CIFAR-10 model, fixed reverse variance (the golden files and the rate
-# test are made with it), and its successor trained for T with learned variances.
-CIFAR10_MODEL = ROOT / "models" / "cifar10-v1" / "model.safetensors"
-CIFAR10_LV_MODEL = ROOT / "models" / "cifar10" / "model.safetensors"
+# test are made with it), and its successor trained for T with learned variances. Every
+# shipped model is packed (`packed`).
+CIFAR10_MODEL = ROOT / "models" / "cifar10-v1" / "model.safetensors.xz"
+CIFAR10_LV_MODEL = ROOT / "models" / "cifar10" / "model.safetensors.xz"
 # An integer model (format version 3 files; the version-3 golden files are made with it).
-CIFAR10_INT_MODEL = ROOT / "models" / "cifar10-int" / "model.safetensors.xz"  # packed (`packed`)
+CIFAR10_INT_MODEL = ROOT / "models" / "cifar10-int" / "model.safetensors.xz"
 
 
 def training_like_inputs(model, x, gen):

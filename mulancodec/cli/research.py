@@ -160,14 +160,16 @@ def quantize(model_path: str, data: tuple[str, ...], out: Path, tiles: int, seed
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @guarded
 def pack(files: tuple[Path, ...]) -> None:
-    """Pack model files with xz (FILE.xz beside each), checked to read back bit for bit."""
+    """Pack model files with xz (FILE.xz beside each; a FILE.xz is repacked in place), checked
+    to read back bit for bit."""
     from ..packed import PackedError, pack_file
 
     for f in files:
         try:
+            size = f.stat().st_size
             out = pack_file(f)
         except PackedError as e:
             raise CliError(str(e), EXIT_INPUT) from None
         except OSError as e:
             raise CliError(f"{f}: cannot pack ({e.strerror or e})", EXIT_INPUT) from None
-        click.echo(f"{f}: {f.stat().st_size} -> {out}: {out.stat().st_size} bytes")
+        click.echo(f"{f}: {size} -> {out}: {out.stat().st_size} bytes")

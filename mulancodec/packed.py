@@ -129,20 +129,9 @@ def pack_file(src: str | os.PathLike) -> Path:
     """Pack a model file beside itself (``<src>.xz``), or repack a packed one in place.
     The packed file unpacks to the very bytes of the model file (checked before it
     replaces anything), so its tensors, metadata and model id are the same."""
-    from safetensors import safe_open
-
     src = Path(src)
-    if is_packed(src):
-        dst = src
-        raw = read(src)[2]
-    else:
-        dst = Path(str(src) + SUFFIX)
-        try:
-            with safe_open(str(src), framework="pt") as f:  # a whole model file, every tensor readable
-                [f.get_tensor(k) for k in f.keys()]
-            raw = src.read_bytes()
-        except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
-            raise PackedError(f"{src}: not a readable safetensors file ({e})") from None
+    dst, raw = (src, read(src)[2]) if is_packed(src) else (Path(str(src) + SUFFIX), src.read_bytes())
+    load(src, raw)  # a whole safetensors file, every tensor readable
     tmp = dst.with_name(dst.name + ".tmp")
     tmp.write_bytes(pack_bytes(raw))
     if read(tmp)[2] != raw:

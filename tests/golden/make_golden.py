@@ -98,7 +98,8 @@ PHOTO_GOLDEN = {
     "v3_photo3": ("photo-int-v3", 20),  # the third: trained on both photo sets
     "v3_photo4": ("photo-int-v4", 21),  # the fourth: the standing job's weights
     "v3_photo5": ("photo-int-v5", 22),  # the fifth: its p(x | z_0) runs through the denoiser
-    "v3_photo6": ("photo-int", 23),  # the sixth: the standing job trained on
+    "v3_photo6": ("photo-int-v6", 23),  # the sixth: the standing job trained on
+    "v3_photo7": ("photo-int", 24),  # the seventh: full-resolution blocks, annealed
 }
 MODELS = HERE.parents[1] / "models"
 

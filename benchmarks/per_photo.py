@@ -61,6 +61,8 @@ def main() -> None:
     sets: dict[str, dict[str, dict]] = {}
     paths: dict[str, Path] = {}
     for label, *parts in a.set:
+        if not parts:
+            p.error(f"--set {label}: name at least one part after the label")
         files: dict[str, dict] = {}
         for folder in map(Path, parts):
             files.update(part_files(folder))
@@ -69,6 +71,8 @@ def main() -> None:
         sets[label] = files
     photos = sorted(set.intersection(*(set(f) for f in sets.values())),
                     key=lambda n: (len(n), n))
+    if not photos:
+        p.error("the sets share no photo")
     refs = {n: reference_bytes(paths[n]) for n in photos}
     head = (["photo"] + [f"{lab} bits-back" for lab in sets] + [f"{lab} file" for lab in sets]
             + list(REFERENCES))

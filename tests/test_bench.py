@@ -399,10 +399,10 @@ def test_combine_same_images_takes_the_union_of_rows(tmp_path):
 def test_per_photo_names_each_file_and_flags_photos_bits_back_loses(tmp_path):
     """Each part's files are matched to its photos by name; WebP and JPEG-XL are coded here,
     so a photo whose bits-back stream is larger than WebP's is named."""
+    pytest.importorskip("imagecodecs")
     from PIL import Image
     from benchmarks import per_photo
     from mulancodec.imaging.sample import landscape
-    pytest.importorskip("imagecodecs")
     for i in (1, 2):
         Image.fromarray(landscape(24, 20 + 4 * i)).save(tmp_path / f"{i}.png")
     data = str(tmp_path / "[12].png")
@@ -417,3 +417,6 @@ def test_per_photo_names_each_file_and_flags_photos_bits_back_loses(tmp_path):
     assert [x["m_bits_back"] for x in rows] == [10, 10 ** 6] and rows[1]["m_file"] == 900
     assert all(x["WebP"] > 10 for x in rows)
     assert "larger than WebP on 1 of 2 photos (2.png)" in out.read_text()
+    r = subprocess.run([sys.executable, str(Path(per_photo.__file__)), "--set", "m", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "at least one part" in r.stderr

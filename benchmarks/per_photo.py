@@ -20,35 +20,34 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable as a package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import numpy as np  # noqa: E402
-
 from benchmarks import classical  # noqa: E402
+from benchmarks.measure import BitExactError, measure_codec  # noqa: E402
 from mulancodec.training.data import expand, load_images  # noqa: E402
 
 REFERENCES = ("WebP", "JPEG-XL")
 
 
-def part_files(folder: Path) -> dict[str, dict]:
-    """Each photo's mulancodec file record in one part, by the photo's file name."""
+def part_files(folder: Path) -> dict[str, tuple[Path, dict]]:
+    """Each photo's path and mulancodec file record in one part, by the photo's file name."""
     r = json.loads((folder / "results.json").read_text())
     row = next(x for x in r["rows"] if x["codec"].startswith("mulancodec"))
-    names = [p.name for p in expand(r["meta"]["data"])]
-    if len(names) != len(row["files"]):
-        raise SystemExit(f"{folder}: {len(row['files'])} files but {len(names)} images now match "
+    paths = expand(r["meta"]["data"])
+    if len(paths) != len(row["files"]):
+        raise SystemExit(f"{folder}: {len(row['files'])} files but {len(paths)} images now match "
                          f"{r['meta']['data']}")
-    return dict(zip(names, row["files"]))
+    return {q.name: (q, f) for q, f in zip(paths, row["files"])}
 
 
 def reference_bytes(path: Path) -> dict[str, int]:
-    """WebP's and JPEG-XL's sizes for one photo, each decoded and checked."""
+    """WebP's and JPEG-XL's sizes for one photo, each decoded and checked (`measure_codec`)."""
     x = load_images([str(path)])[0]
     out = {}
     for name in REFERENCES:
         codec = classical.lookup(name)
-        data = codec.encode(x)
-        if not np.array_equal(np.asarray(codec.decode(data)).reshape(x.shape), x):
-            raise SystemExit(f"{name} did not round-trip {path}")
-        out[name] = len(data)
+        try:
+            out[name] = measure_codec(name, codec.encode, codec.decode, [x]).bytes
+        except BitExactError as e:
+            raise SystemExit(f"{path}: {e}") from None
     return out
 
 
@@ -58,29 +57,24 @@ def main() -> None:
                    help="a label, then the parts (result folders) of one model's run")
     p.add_argument("--out", type=Path, required=True, help="markdown table to write (and .json)")
     a = p.parse_args()
-    sets: dict[str, dict[str, dict]] = {}
-    paths: dict[str, Path] = {}
+    sets: dict[str, dict[str, tuple[Path, dict]]] = {}
     for label, *parts in a.set:
         if not parts:
             p.error(f"--set {label}: name at least one part after the label")
-        files: dict[str, dict] = {}
-        for folder in map(Path, parts):
-            files.update(part_files(folder))
-            data = json.loads((folder / "results.json").read_text())["meta"]["data"]
-            paths.update({q.name: q for q in expand(data)})
-        sets[label] = files
+        sets[label] = {n: pf for folder in map(Path, parts) for n, pf in part_files(folder).items()}
     photos = sorted(set.intersection(*(set(f) for f in sets.values())),
                     key=lambda n: (len(n), n))
     if not photos:
         p.error("the sets share no photo")
-    refs = {n: reference_bytes(paths[n]) for n in photos}
+    first = next(iter(sets.values()))
+    refs = {n: reference_bytes(first[n][0]) for n in photos}
     head = (["photo"] + [f"{lab} bits-back" for lab in sets] + [f"{lab} file" for lab in sets]
             + list(REFERENCES))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
     rows = []
     for n in photos:
-        bb = [sets[lab][n]["bits_back_bytes"] for lab in sets]
-        kept = [sets[lab][n]["bytes"] for lab in sets]
+        bb = [sets[lab][n][1]["bits_back_bytes"] for lab in sets]
+        kept = [sets[lab][n][1]["bytes"] for lab in sets]
         ref = [refs[n][c] for c in REFERENCES]
         rows.append({"photo": n, **{f"{lab}_bits_back": b for lab, b in zip(sets, bb)},
                      **{f"{lab}_file": k for lab, k in zip(sets, kept)}, **refs[n]})

@@ -32,8 +32,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mulancodec.adapt import deltas as D  # noqa: E402
-from mulancodec.adapt.params import SUBSET_NAMES, adapt_tensors  # noqa: E402
-from mulancodec.adapt.tune import BATCH, SCHEDULES, finetune_snapshots, own_tiles  # noqa: E402
+from mulancodec.adapt.encoder import FACTOR_RMS  # noqa: E402
+from mulancodec.adapt.params import LOWRANK_SUBSETS, SUBSET_NAMES, adapt_tensors  # noqa: E402
+from mulancodec.adapt.tune import BATCH, LR_FACTOR, SCHEDULES, finetune_snapshots, own_tiles  # noqa: E402
 from mulancodec.exact.quantcost import paired_elbo  # noqa: E402
 from mulancodec.training.data import load_images  # noqa: E402
 from mulancodec.weights import load_model  # noqa: E402
@@ -64,14 +65,15 @@ def _snapshots(args: argparse.Namespace, fm, tiles, tensors, key: str) -> dict:
     there)."""
     sched = "" if args.schedule == "constant" else f"-{args.schedule}"
     batch = "" if args.batch == BATCH else f"-b{args.batch}"
-    name = f"{key}-T{args.steps}-lr{args.lr}{sched}{batch}-s{args.seed}.pt"
+    factor = "" if args.lr_factor == LR_FACTOR else f"-f{args.lr_factor}"
+    name = f"{key}-T{args.steps}-lr{args.lr}{factor}{sched}{batch}-s{args.seed}.pt"
     path = Path(args.cache) / name if args.cache else None
     have = torch.load(path) if path is not None and path.exists() else {}
     todo = [k for k in args.snapshots if k not in have]
     if todo:
         have.update(finetune_snapshots(fm.model, tiles, tensors, sorted(set(todo) | set(have)), args.steps,
                                        lr=args.lr, batch=args.batch, seed=args.seed,
-                                       schedule=args.schedule))
+                                       schedule=args.schedule, lr_factor=args.lr_factor))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(have, path)
@@ -107,12 +109,14 @@ def tune(args: argparse.Namespace) -> None:
             for k, delta in snaps.items():
                 for e in args.exps:
                     exps = tuple(args.kind_exps) if args.kind_exps else (e, e, e)
-                    d = D.quantize(delta, tensors, subset, exps)
+                    if subset in LOWRANK_SUBSETS:  # the factors' step as the encoder picks it
+                        exps += (D.factor_exp(delta, tensors, im.model, FACTOR_RMS),)
+                    d = D.quantize(delta, tensors, subset, exps, im.model)
                     blk = D.encode(d, tensors)
                     adapted = totals(D.apply(im.model, tensors, d), tiles, args.steps, args.strata, args.seed)
                     diff = base - adapted
                     fl = None if fbase is None else fbase - totals(
-                        D.apply_float(fm.model, tensors, d), tiles, args.steps, args.strata, args.seed)
+                        D.apply_float(fm.model, tensors, d, im.model), tiles, args.steps, args.strata, args.seed)
                     row = {"image": n, "shape": list(image.shape), "tiles": len(tiles), "T": args.steps,
                            "lr": args.lr, "schedule": args.schedule, "batch": args.batch,
                            "subset": SUBSET_NAMES[subset], "params": sum(t.numel for t in tensors),
@@ -180,6 +184,7 @@ def main() -> None:
                    help="one step exponent per kind (norm scale, norm shift, bias) instead of --exps")
     t.add_argument("--strata", type=int, default=5)
     t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--lr-factor", type=float, default=LR_FACTOR, help="the low-rank factors' step size")
     t.add_argument("--schedule", choices=SCHEDULES, default="constant",
                    help="the step size over the run (linear: falls to 0 at the last snapshot)")
     t.add_argument("--batch", type=int, default=BATCH, help="tiles per fine-tuning step")

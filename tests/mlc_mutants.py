@@ -114,16 +114,17 @@ def _build_corpus(model) -> list[Sample]:
     return out
 
 
-def tiny_int_pair(folder) -> tuple:
-    """(float model, its integer model): tiny-lv, saved in `folder` as float.safetensors and
-    int.safetensors (the integer model records the float model's id)."""
+def tiny_int_pair(folder, config: str = "tiny-lv") -> tuple:
+    """(float model, its integer model): `config` (tiny-lv; tiny-unusual has a full-resolution
+    block, so its files adapt low-rank factors too), saved in `folder` as float.safetensors
+    and int.safetensors (the integer model records the float model's id)."""
     from conftest import make_tiny_model
 
     from mulancodec.exact.quantize import quantize
     from mulancodec.training.data import RandomCrops
     from mulancodec.weights import load_model, save_integer_model, save_model
 
-    fid = save_model(make_tiny_model(0, "tiny-lv"), folder / "float.safetensors")
+    fid = save_model(make_tiny_model(0, config), folder / "float.safetensors")
     flm = load_model(folder / "float.safetensors")
     rng = np.random.default_rng(4)
     qm = quantize(flm.model, RandomCrops([smooth_image(rng, 48, 48, 3) for _ in range(3)], 16, 8, 0).batch(0, 16))
@@ -131,7 +132,7 @@ def tiny_int_pair(folder) -> tuple:
     return flm, load_model(folder / "int.safetensors")
 
 
-def build_adapted(folder) -> tuple:
+def build_adapted(folder, config: str = "tiny-lv") -> tuple:
     """(the tiny integer model, [adapted Samples]): `tiny_int_pair`'s models, an RGB image
     and a stream of two coded with --adapt 30 at T=2, the deltas kept whatever they save (the
     rule is tested in test_adapt.py)."""
@@ -140,7 +141,7 @@ def build_adapted(folder) -> tuple:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        flm, ilm = tiny_int_pair(folder)
+        flm, ilm = tiny_int_pair(folder, config)
         rng = np.random.default_rng(5)
         rgb, grey = smooth_image(rng, 40, 36, 3), smooth_image(rng, 20, 17, 1)[..., 0]
         out = []
@@ -175,11 +176,16 @@ def adapt_block_edits(a, rng: np.random.Generator) -> dict[str, object]:
     scales = bytearray(a.scales)
     scales[int(rng.integers(0, len(scales)))] = int(rng.integers(0, 256))
     r = dataclasses.replace
+    k = len(a.step_exps)
+
+    def subset(n: int):  # another subset, with as many steps as it stores
+        want = fmt.adapt_kinds(n)
+        return r(a, subset=n, step_exps=(a.step_exps + (7,) * want)[:want])
     return {
-        "subset 1": r(a, subset=1), "subset 7": r(a, subset=7), "subset 255": r(a, subset=255),
-        "step 2^-1": r(a, step_exps=(1, 1, 1)), "step 2^-30": r(a, step_exps=(30, 30, 30)),
-        "step exps 0": r(a, step_exps=(0, 7, 7)), "step exps 31": r(a, step_exps=(7, 31, 7)),
-        "two kinds": r(a, step_exps=(7, 7)),
+        **{f"subset {n}": subset(n) for n in (1, 2, 3, 7, 255) if n != a.subset},
+        "step 2^-1": r(a, step_exps=(1,) * k), "step 2^-30": r(a, step_exps=(30,) * k),
+        "step exps 0": r(a, step_exps=(0,) + (7,) * (k - 1)), "step exps 31": r(a, step_exps=(7, 31) + (7,) * (k - 2)),
+        "two kinds": r(a, step_exps=(7,) * (k - 1)),
         "params - 1": r(a, params=a.params - 1), "params + 1": r(a, params=a.params + 1),
         "params 2^20": r(a, params=1 << 20), "params 2^20 + 1": r(a, params=(1 << 20) + 1),
         "one tensor fewer": r(a, scales=a.scales[:-1]), "one tensor more": r(a, scales=a.scales + b"\x60"),

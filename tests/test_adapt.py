@@ -18,7 +18,7 @@ from conftest import make_tiny_model, smooth_image
 import mulancodec as mc
 from mulancodec.adapt import deltas as D
 from mulancodec.adapt import encoder as E
-from mulancodec.adapt.params import SUBSET_ALL, SUBSET_NAMES, adapt_tensors
+from mulancodec.adapt.params import SUBSET_ALL, SUBSET_NAMES, SUBSET_UP, SUBSET_UP_LOWRANK, adapt_tensors
 from mulancodec.coding import container as fmt
 from mulancodec.coding.chainspec import ADAPTED_VERSION, EFFORTS, effort_plan
 from mulancodec.coding.reader import read_file
@@ -88,7 +88,11 @@ def test_every_norm_and_bias_has_a_float64_home(config):
     assert {t.float_name for t in tensors} == want
     assert len({t.int_name for t in tensors}) == len(tensors)
     for subset in SUBSET_NAMES:
-        assert {t.float_name for t in adapt_tensors(cfg, subset)} <= want
+        if subset == SUBSET_UP_LOWRANK and not cfg.full_blocks:  # no convolution to change
+            with pytest.raises(ValueError, match="no full-resolution"):
+                adapt_tensors(cfg, subset)
+            continue
+        assert {t.float_name for t in adapt_tensors(cfg, subset) if not t.factor} <= want
     if config == "photo-lv":  # the shipped photo model's layout
         assert sum(t.numel for t in tensors) == 8087
 
@@ -111,7 +115,7 @@ def test_no_stored_delta_exceeds_the_bound(ilm):
     big = {t.float_name: torch.full((t.numel,), 1e6, dtype=torch.float64) for t in tensors}
     for e in (1, 7, 30):
         d = D.quantize(big, tensors, SUBSET_ALL, (e, e, e))
-        assert max(float(np.abs(v).max()) for v in d.values(tensors)) <= D.MAX_DELTA
+        assert max(float(np.abs(v).max()) for _, v in d.values(tensors)) <= D.MAX_DELTA
 
 
 def test_apply_changes_exactly_the_buffers_and_refreshes_derived_values(ilm, image):
@@ -125,7 +129,7 @@ def test_apply_changes_exactly_the_buffers_and_refreshes_derived_values(ilm, ima
     assert all(torch.equal(before[k], v) for k, v in ilm.model.state_dict().items())  # base untouched
     changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed == {t.int_name for t, q in zip(tensors, d.q) if q.any()}
-    for t, v in zip(tensors, d.values(tensors)):  # one float64 addition per parameter
+    for t, v in d.values(tensors):  # one float64 addition per parameter
         got = model.state_dict()[t.int_name].reshape(-1)
         assert torch.equal(got, before[t.int_name].reshape(-1) + torch.from_numpy(v))
     fresh = load_model(ilm.path).model  # no caches at all
@@ -157,7 +161,8 @@ def test_an_adapted_file_round_trips(adapted, ilm, image):
     h = mc.read_header(data)
     assert data[4] == h.version == ADAPTED_VERSION and h.model_id == ilm.model_id
     a = h.chain.adaptation
-    assert a is not None and a.subset == E.SUBSET and a.step_exps == E.step_exps(image.size)
+    assert a is not None and a.subset == E.subset_for(ilm.config) == E.SUBSET
+    assert a.step_exps == E.step_exps(image.size)
     assert st.adapt is not None and st.adapt.kept and st.adapt.delta_bytes == len(fmt.adapt_block_bytes(a))
     assert st.adapt.nonzero > 0 and st.adapt.params == a.params
     assert np.array_equal(mc.decompress(data, model=ilm), image)
@@ -280,3 +285,149 @@ def test_a_step_takes_distinct_tiles_and_repeats_a_small_image_whole():
     assert len(many) == 12 and counts.min() == 2 and counts.max() == 3 and counts.sum() == 12
     exact = batch_indices(rng, 4, 8)
     assert np.array_equal(np.sort(exact), np.repeat(np.arange(4), 2))
+
+
+# --- the low-rank subset: rank-1 changes to the full-resolution convolutions' weights ---
+
+
+@pytest.fixture(scope="module")
+def lowrank(tmp_path_factory):
+    """tiny-unusual (it has a full-resolution block) and its integer model."""
+    d = tmp_path_factory.mktemp("lowrank")
+    save_model(make_tiny_model(0, "tiny-unusual"), d / "f.safetensors", extra={"default_steps": str(T)})
+    f = load_model(d / "f.safetensors")
+    rng = np.random.default_rng(4)
+    qm = quantize(f.model, RandomCrops([smooth_image(rng, 48, 48, 3) for _ in range(4)], 16, 8, 0).batch(0, 24))
+    save_integer_model(qm, d / "i.safetensors", f.model_id, {"default_steps": str(T)})
+    return f, load_model(d / "i.safetensors")
+
+
+def random_factors(ilm, seed: int = 0, size: int = 3, exp: int = D.FACTOR_EXP0) -> D.Deltas:
+    """The low-rank subset's deltas: norms and biases at 2^-7, factor integers up to `size`."""
+    tensors = adapt_tensors(ilm.config, SUBSET_UP_LOWRANK)
+    rng = np.random.default_rng(seed)
+    q = [rng.integers(-size, size + 1, t.numel) if t.factor else rng.integers(-3, 4, t.numel) for t in tensors]
+    return D.Deltas(SUBSET_UP_LOWRANK, (7, 7, 7, exp), [v.astype(np.int64) for v in q])
+
+
+def test_the_lowrank_subset_adds_a_factor_pair_per_full_resolution_conv(lowrank):
+    flm, ilm = lowrank
+    up, low = adapt_tensors(ilm.config, SUBSET_UP), adapt_tensors(ilm.config, SUBSET_UP_LOWRANK)
+    assert low[:len(up)] == up
+    pairs = [(t.float_name, t.factor, t.numel) for t in low[len(up):]]
+    assert pairs == [(f"denoiser.full.0.{c}.weight", f, n) for c in ("conv1", "conv2")
+                     for f, n in (("B", 8), ("A", 8 * 9))]
+    assert E.subset_for(ilm.config) == SUBSET_UP_LOWRANK and E.subset_for(CONFIGS["tiny-lv"].model) == SUBSET_UP
+    assert fmt.adapt_kinds(SUBSET_UP_LOWRANK) == 4 and fmt.adapt_kinds(SUBSET_UP) == 3
+
+
+def test_a_factor_pairs_product_rounds_half_away_from_zero():
+    qb, qa = np.array([1, -1, 3]), np.array([1, 3])
+    assert D.lowrank_product(qb, qa, D.FACTOR_EXP0 + 1).tolist() == [[1, 2], [-1, -2], [2, 5]]
+    assert D.lowrank_product(qb, qa, D.FACTOR_EXP0 - 2).tolist() == [[4, 12], [-4, -12], [12, 36]]
+    big = np.full(3, D.MAX_Q)
+    assert D.lowrank_product(big, big[:2], 1).max() == D.MAX_Q ** 2 << (D.FACTOR_EXP0 - 1)  # no overflow
+
+
+def test_factor_pairs_change_the_weights_clamped_and_the_zero_point_bias(lowrank, image):
+    _, ilm = lowrank
+    tensors = adapt_tensors(ilm.config, SUBSET_UP_LOWRANK)
+    d = random_factors(ilm, size=40)
+    before = {k: v.clone() for k, v in ilm.model.state_dict().items()}
+    model = D.apply(ilm.model, tensors, d)
+    assert all(torch.equal(before[k], v) for k, v in ilm.model.state_dict().items())  # base untouched
+    state, mods = model.state_dict(), dict(model.named_modules())
+    for name, dw in d.weight_deltas(tensors):
+        conv = mods[name.rsplit(".", 1)[0]]
+        old = before[name].long().reshape(dw.shape[0], -1).numpy()
+        want = np.clip(old + dw, -255, 255)
+        assert np.array_equal(state[name].long().reshape(dw.shape[0], -1).numpy(), want)
+        assert (np.abs(want) == 255).any() and conv.exact()
+        assert conv.in_zero is not None  # the norm's grid has zero points: the bias absorbs them
+        change = torch.from_numpy((want - old).reshape(conv.weight.shape).sum((2, 3))).double()
+        bias_name = name.rsplit(".", 1)[0] + ".bias"
+        offset = (change * conv.in_zero.view(1, -1)).sum(1)
+        assert not torch.equal(state[bias_name], before[bias_name])
+        assert torch.allclose(state[bias_name] + offset * conv.w_scale, before[bias_name], atol=0.05)
+    fresh = D.apply(load_model(ilm.path).model, tensors, d)  # no derived caches: the same network
+    gen = torch.Generator().manual_seed(0)
+    z, g, c = torch.randn(2, 3, 16, 16, generator=gen), torch.full((2, 3, 16, 16), -2.0), torch.zeros(2, 2, 2, 2)
+    ilm.model.denoise(z, g, c)  # fill the base's caches first: the copy must not reuse them
+    assert torch.equal(model.denoise(z, g, c)[0], fresh.denoise(z, g, c)[0])
+    assert not torch.equal(model.denoise(z, g, c)[0], ilm.model.denoise(z, g, c)[0])
+
+
+def test_weight_changes_past_the_exact_budget_are_refused():
+    from mulancodec.exact.intops import WEIGHT_BUDGET, QConv
+
+    conv = QConv(32, 2, 3, 1, 1)
+    conv.weight.fill_(200)
+    D._add_weights(conv, np.full((2, 32 * 9), 28, dtype=np.int64))  # 228 x 288 = 65,664: within
+    assert int(conv.weight.long().abs().flatten(1).sum(1).max()) <= WEIGHT_BUDGET
+    with pytest.raises(D.DeltaError, match="inexact"):
+        D._add_weights(conv, np.full((2, 32 * 9), 1, dtype=np.int64))
+
+
+def test_the_integer_model_follows_the_float_models_factors(lowrank):
+    flm, ilm = lowrank
+    tensors = adapt_tensors(ilm.config, SUBSET_UP_LOWRANK)
+    d = random_factors(ilm, size=8)
+    d.q = [q if t.factor else np.zeros_like(q) for q, t in zip(d.q, tensors)]  # the factors alone
+    gen = torch.Generator().manual_seed(0)
+    z, g = torch.randn(4, 3, 16, 16, generator=gen), torch.full((4, 3, 16, 16), -2.0)
+    c = torch.randn(4, 2, 2, 2, generator=gen)
+    f0, f1 = (m.denoise(z, g, c)[0].double() for m in (flm.model, D.apply_float(flm.model, tensors, d, ilm.model)))
+    i0, i1 = ilm.model.denoise(z, g, c)[0], D.apply(ilm.model, tensors, d).denoise(z, g, c)[0]
+    moved = (f1 - f0).pow(2).mean().sqrt()
+    assert moved > 0.01
+    assert ((i1 - i0) - (f1 - f0)).pow(2).mean().sqrt() < 0.3 * moved
+
+
+def test_float_factors_quantise_to_their_product(lowrank):
+    """A fine-tuning's factors (float model units) become integers whose product is the
+    float product in weight units, to within the grid."""
+    flm, ilm = lowrank
+    tensors = adapt_tensors(ilm.config, SUBSET_UP_LOWRANK)
+    rng = np.random.default_rng(3)
+    fd = {D.key_of(t): torch.from_numpy(rng.normal(0, 0.05 if t.factor else 0.01, t.numel)) for t in tensors}
+    e = D.factor_exp(fd, tensors, ilm.model, 8.0)
+    d = D.quantize(fd, tensors, SUBSET_UP_LOWRANK, (7, 7, 7, e), ilm.model)
+    assert 3 <= np.sqrt(np.mean(np.concatenate([q for q, t in zip(d.q, tensors) if t.factor]) ** 2)) <= 20
+    for name, dw in d.weight_deltas(tensors):
+        w_out, w_in = D.conv_scales(ilm.model, name)
+        fb, fa = fd[f"{name}#B"].numpy(), fd[f"{name}#A"].numpy()
+        want = np.outer(fb / w_out, fa.reshape(len(w_in), -1) * w_in[:, None])
+        err = np.abs(dw - want).max() / np.abs(want).max()
+        assert err < 0.25
+
+
+@pytest.fixture(scope="module")
+def lowrank_adapted(lowrank, image):
+    flm, ilm = lowrank
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(E, "pays", lambda report: True)
+        return mc.compress_with_stats(image, model=ilm, adapt=30, float_model=flm, fallback=False)
+
+
+def test_a_lowrank_adapted_file_round_trips(lowrank, lowrank_adapted, image):
+    _, ilm = lowrank
+    data, st = lowrank_adapted
+    a = mc.read_header(data).chain.adaptation
+    assert a is not None and a.subset == SUBSET_UP_LOWRANK and len(a.step_exps) == 4
+    tensors = adapt_tensors(ilm.config, a.subset)
+    d = D.decode(a, tensors)
+    assert any(q.any() for q, t in zip(d.q, tensors) if t.factor)  # the weights did change
+    assert st.adapt.kept and st.adapt.subset == SUBSET_NAMES[SUBSET_UP_LOWRANK]
+    assert np.array_equal(mc.decompress(data, model=ilm), image)
+
+
+def test_hostile_factors_never_give_wrong_pixels(lowrank, lowrank_adapted):
+    _, ilm = lowrank
+    data = lowrank_adapted[0]
+    h, words = read_file(data)
+    tensors = adapt_tensors(ilm.config, SUBSET_UP_LOWRANK)
+    for exp in (1, 30):
+        d = random_factors(ilm, seed=2, size=D.MAX_Q, exp=exp)
+        chain = dataclasses.replace(h.chain, adaptation=D.encode(d, tensors))
+        with pytest.raises(mc.DecodeError):
+            mc.decompress(fmt.write(dataclasses.replace(h, chain=chain), words), model=ilm)

@@ -309,10 +309,11 @@ def test_field_mutants(corpus, lm, data):
 
 # -- adaptation blocks (format version 4) -----------------------------------------------------
 
-@pytest.fixture(scope="module")
-def adapted(tmp_path_factory):
-    """(tiny integer model, adapted files)."""
-    return mm.build_adapted(tmp_path_factory.mktemp("adapted"))
+@pytest.fixture(scope="module", params=["tiny-lv", "tiny-unusual"])
+def adapted(tmp_path_factory, request):
+    """(tiny integer model, adapted files): norms and biases (tiny-lv), low-rank factors too
+    (tiny-unusual)."""
+    return mm.build_adapted(tmp_path_factory.mktemp("adapted"), request.param)
 
 
 def test_adapted_files_decode_exactly(adapted):

@@ -7,7 +7,9 @@ model (cifar10-int, integer scheme 1, two threads) version 3 files (v3_*), which
 anywhere, and with each shipped photo-int (integer scheme 2) its own v3_scheme2 or
 v3_photoN (make_golden.PHOTO_GOLDEN says which model made which); with a tiny integer model stored
 beside them (v4_tiny_int.safetensors) v4_adapted, an adapted file (format version 4: deltas
-to the model's norms and biases in the header). They pin the
+to the model's norms and biases in the header), and with tiny-unusual's integer model
+(v4_tiny_unusual_int.safetensors) v4_lowrank, adapted with rank-1 changes to its
+full-resolution convolutions too. They pin the
 on-disk format and the coding chain: if a change makes them decode differently
 (or not at all), either the change is a bug, or it is a format change, which needs
 a new container.VERSION and, deliberately, new golden files of that version. Files
@@ -32,13 +34,14 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 FILES_V1 = ["rgb", "stream", "grey", "rgba", "palette"]
 FILES_V2 = ["v2_meta", "v2_stream", "v2_embedded"]
 FILES_V3 = ["v3_meta", "v3_stream", *PHOTO_GOLDEN]
-FILES_V4 = ["v4_adapted"]
+FILES_V4 = ["v4_adapted", "v4_lowrank"]
 TINY_INT_MODEL = GOLDEN / "v4_tiny_int.safetensors"
+LOWRANK_INT_MODEL = GOLDEN / "v4_tiny_unusual_int.safetensors"
 VERSION_OF = {**{n: 1 for n in FILES_V1}, **{n: 2 for n in FILES_V2}, **{n: 3 for n in FILES_V3},
               **{n: 4 for n in FILES_V4}}
 MODEL_OF = {**{n: CIFAR10_MODEL for n in FILES_V1 + FILES_V2}, **{n: CIFAR10_INT_MODEL for n in FILES_V3},
             **{n: photo_model(n) for n in PHOTO_GOLDEN},
-            "v4_adapted": TINY_INT_MODEL}
+            "v4_adapted": TINY_INT_MODEL, "v4_lowrank": LOWRANK_INT_MODEL}
 FILES = FILES_V1 + FILES_V2 + FILES_V3 + FILES_V4
 # The float model's golden files (v1, v2) were made on 2026-11-24 on the Intel Xeon development
 # machine; their headers' environment tag predates the CPU maker in it. On a 2-core AMD EPYC
@@ -73,7 +76,7 @@ def models():
 def expected() -> dict[str, np.ndarray]:
     out = {}
     for f in ("expected.npz", "expected_v2.npz", "expected_v3.npz",
-              *(f"expected_{n}.npz" for n in PHOTO_GOLDEN), "expected_v4.npz"):
+              *(f"expected_{n}.npz" for n in PHOTO_GOLDEN), "expected_v4.npz", "expected_v4_lowrank.npz"):
         with np.load(GOLDEN / f, allow_pickle=False) as z:
             out.update({k: z[k] for k in z.files})
     return out
@@ -145,6 +148,19 @@ def test_the_adapted_golden_file_carries_its_deltas(models):
     a = h.chain.adaptation
     assert a is not None and h.model_id == models["v4_adapted"].model_id  # the base model's id
     assert a.subset == 0 and a.params == 1267 and any(a.scales) and a.words
+
+
+def test_the_lowrank_golden_file_changes_the_full_resolution_weights(models):
+    from mulancodec.adapt import deltas as D
+    from mulancodec.adapt.params import SUBSET_UP_LOWRANK, adapt_tensors
+
+    lm = models["v4_lowrank"]
+    a = mc.read_header((GOLDEN / "v4_lowrank.mlc").read_bytes()).chain.adaptation
+    assert a is not None and a.subset == SUBSET_UP_LOWRANK and len(a.step_exps) == 4
+    tensors = adapt_tensors(lm.config, a.subset)
+    changes = D.decode(a, tensors).weight_deltas(tensors)
+    assert [n for n, _ in changes] == ["denoiser.full.0.conv1.weight", "denoiser.full.0.conv2.weight"]
+    assert all(dw.any() for _, dw in changes)
 
 
 def test_todays_encoder_writes_the_version_3_golden_files_again(models):

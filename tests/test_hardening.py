@@ -438,11 +438,12 @@ def test_decode_failure_leaves_no_output(corpus, tmp_path, tiny_model_path):
 
 # -- adaptation blocks (format version 4) ------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def adapted(tmp_path_factory):
-    """(tiny integer model, adapted files), and the folder with both models."""
+@pytest.fixture(scope="module", params=["tiny-lv", "tiny-unusual"])
+def adapted(tmp_path_factory, request):
+    """(tiny integer model, adapted files), and the folder with both models: norms and biases
+    adapted (tiny-lv), and low-rank factors too (tiny-unusual)."""
     folder = tmp_path_factory.mktemp("adapted")
-    return (*mm.build_adapted(folder), folder)
+    return (*mm.build_adapted(folder, request.param), folder)
 
 
 def _with_block(data: bytes, block) -> bytes:
@@ -477,10 +478,9 @@ def test_the_largest_deltas_a_file_can_hold_are_harmless(adapted):
     tensors = adapt_tensors(ilm.config, a.subset)
     rng = np.random.default_rng(1)
     for e in (1, 12, 30):
-        lim = D.q_limit(e)
-        q = [rng.choice([-lim, lim], t.numel).astype(np.int64) for t in tensors]
-        block = D.encode(D.Deltas(a.subset, (e, e, e), q), tensors)
-        assert max(float(np.abs(v).max()) for v in D.decode(block, tensors).values(tensors)) <= D.MAX_DELTA
+        q = [rng.choice([-1, 1], t.numel).astype(np.int64) * D.q_limit(e, D.kind_of(t)) for t in tensors]
+        block = D.encode(D.Deltas(a.subset, (e,) * len(a.step_exps), q), tensors)
+        assert max(float(np.abs(v).max()) for _, v in D.decode(block, tensors).values(tensors)) <= D.MAX_DELTA
         with pytest.raises(mc.DecodeError):
             with mm.time_limit(20):
                 mc.decompress_pictures(_with_block(data, block), model=ilm)

@@ -29,7 +29,7 @@ from ..coding.container import adapt_block_bytes
 from ..exact.exactmath import EXACT
 from ..exact.quantcost import stratified_k
 from . import deltas as D
-from .params import SUBSET_NAMES, SUBSET_UP, adapt_tensors
+from .params import LOWRANK_SUBSETS, SUBSET_NAMES, SUBSET_UP, SUBSET_UP_LOWRANK, adapt_tensors
 from .tune import finetune, own_tiles, paired_gain
 
 # What an adapted file changes and how finely (chosen by measurement on held-out photos,
@@ -45,9 +45,19 @@ from .tune import finetune, own_tiles, paired_gain
 SUBSET = SUBSET_UP
 STEP_OFFSET = 5.3
 STEP_EXP_RANGE = (3, 8)
+# A model with full-resolution blocks also changes their convolutions, each by a rank-1
+# product (`SUBSET_UP_LOWRANK`), its factors' integers of about FACTOR_RMS rms: on
+# photos-more/val's coffee photo at T=25 (100 steps) that netted 0.051 bits per subpixel
+# against the norms and biases' 0.041 (benchmarks/results/adapt-lowrank-photo7/).
+FACTOR_RMS = 1.0
 
 
-def step_exps(subpixels: int) -> tuple[int, int, int]:
+def subset_for(cfg: Any) -> int:
+    """The subset a model's files adapt: the low-rank one where there are full-resolution blocks."""
+    return SUBSET_UP_LOWRANK if getattr(cfg, "full_blocks", 0) else SUBSET
+
+
+def step_exps(subpixels: int) -> tuple[int, ...]:
     """The step exponents (norm scale, norm shift, bias) for an image of this many coded
     subpixels: one e for all kinds, finer for larger images."""
     e = round(0.5 * math.log2(max(subpixels, 1)) - STEP_OFFSET)
@@ -72,7 +82,7 @@ class AdaptReport:
 
     steps: int  # fine-tuning steps asked for
     kept: bool  # the file carries the deltas
-    subset: str = SUBSET_NAMES[SUBSET]
+    subset: str = ""
     params: int = 0
     nonzero: int = 0  # parameters whose stored delta is not 0
     delta_bytes: int = 0  # the block's size in the header
@@ -111,20 +121,28 @@ def adapt_model(lm: Any, flm: Any, images: Sequence[np.ndarray], coded_subpixels
     """Fine-tune on the images and decide: (block, adapted integer model, report), or
     (None, None, report) when the deltas would not pay for themselves."""
     t0 = time.perf_counter()
-    report = AdaptReport(steps=steps, kept=False)
+    subset = subset_for(lm.config)
+    report = AdaptReport(steps=steps, kept=False, subset=SUBSET_NAMES[subset])
     tiles = own_tiles(images, lm.config.tile, lm.config.context)
     if tiles is None:
         report.note = f"no whole {lm.config.tile}x{lm.config.tile} tile to fine-tune on"
         return None, None, report
-    tensors = adapt_tensors(lm.config, SUBSET)
+    tensors = adapt_tensors(lm.config, subset)
     delta = finetune(flm.model, tiles, tensors, steps, T, seed=seed, progress=progress)
-    d = D.quantize(delta, tensors, SUBSET, step_exps(coded_subpixels))
+    exps = step_exps(coded_subpixels)
+    if subset in LOWRANK_SUBSETS:
+        exps += (D.factor_exp(delta, tensors, lm.model, FACTOR_RMS),)
+    d = D.quantize(delta, tensors, subset, exps, lm.model)
+    try:
+        adapted = D.apply(lm.model, tensors, d)
+    except D.DeltaError:  # a weight change past what stays exact: keep the norms and biases
+        d.q = [np.zeros_like(q) if t.factor else q for q, t in zip(d.q, tensors)]
+        adapted = D.apply(lm.model, tensors, d)
     report.params, report.nonzero = sum(t.numel for t in tensors), d.nonzero()
     if not report.nonzero:
         report.note = "every delta rounds to 0"
         return None, None, _done(report, t0)
     block = D.encode(d, tensors)
-    adapted = D.apply(lm.model, tensors, d)
     with torch.no_grad():
         gain, se = paired_gain(lm.model, adapted, tiles, T, stratified_k(T, STRATA), seed)
     report.delta_bytes = len(adapt_block_bytes(block))
@@ -174,5 +192,8 @@ def adapted_model(model: torch.nn.Module, config: Any, block: AdaptBlock) -> tor
     """The integer model with a file's deltas added (DeltaError if they do not fit it)."""
     if block.subset not in SUBSET_NAMES:
         raise D.DeltaError(f"unknown adaptation subset {block.subset}")
-    tensors = adapt_tensors(config, block.subset)
+    try:
+        tensors = adapt_tensors(config, block.subset)
+    except ValueError as e:  # a subset this model does not have
+        raise D.DeltaError(str(e)) from None
     return D.apply(model, tensors, D.decode(block, tensors))

@@ -3,7 +3,10 @@
 An adapted file stores deltas for one named subset of the float model's parameters
 (`SUBSETS`): GroupNorm affines and biases, the parameters the integer model keeps in
 float64 (`QNorm.gamma`/`beta`, `QConv.bias`, `WideLinear.bias`), so that adding a
-delta there is one float64 addition, the same on every machine. The tensors of a
+delta there is one float64 addition, the same on every machine. Subset 3 adds a rank-1
+change to each full-resolution convolution's weights (`LORA_RANK`): two factors, an
+output vector B and an input vector A, whose integer outer product is added to the
+integer weights (`deltas.apply`), again the same on every machine. The tensors of a
 subset, their order and their sizes follow from the model's config alone
 (`adapt_tensors`), so a file names the subset, never the tensors.
 """
@@ -17,30 +20,40 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..coding import container
 from ..model.configs import ModelConfig
 from ..model.mulan import MuLAN
 
 # Subset ids as files store them. 0: every GroupNorm affine and every bias of the model
 # (the latent encoder, the schedule net and the denoiser); 1: the denoiser's alone;
-# 2: the denoiser's up path, its full-resolution blocks and output (norms and biases).
-SUBSET_ALL, SUBSET_DENOISER, SUBSET_UP = 0, 1, 2
+# 2: the denoiser's up path, its full-resolution blocks and output (norms and biases);
+# 3: subset 2 and a rank-1 factor pair for each 3x3 convolution of the full-resolution blocks.
+SUBSET_ALL, SUBSET_DENOISER, SUBSET_UP, SUBSET_UP_LOWRANK = 0, 1, 2, 3
 SUBSET_NAMES = {SUBSET_ALL: "norms+biases", SUBSET_DENOISER: "denoiser norms+biases",
-                SUBSET_UP: "up-path norms+biases"}
+                SUBSET_UP: "up-path norms+biases",
+                SUBSET_UP_LOWRANK: "up-path norms+biases, rank-1 full-resolution convolutions"}
+_UP = ("denoiser.up.", "denoiser.full.", "denoiser.norm_out.", "denoiser.conv_out.")
 _SUBSET_TEST: dict[int, Callable[[str], bool]] = {
     SUBSET_ALL: lambda n: True,
     SUBSET_DENOISER: lambda n: n.startswith("denoiser."),
-    SUBSET_UP: lambda n: n.startswith(("denoiser.up.", "denoiser.full.", "denoiser.norm_out.",
-                                       "denoiser.conv_out.")),
+    SUBSET_UP: lambda n: n.startswith(_UP),
+    SUBSET_UP_LOWRANK: lambda n: n.startswith(_UP),
 }
+LOWRANK_SUBSETS = (SUBSET_UP_LOWRANK,)  # the subsets with factor pairs
+assert LOWRANK_SUBSETS == container.LOWRANK_SUBSETS
+LORA_RANK = 1
+FACTORS = ("B", "A")  # a pair's order in files: B (one value per output), A (per input and tap)
 
 
 @dataclass(frozen=True)
 class AdaptTensor:
-    """One adapted tensor: its float model name, its integer model buffer, its size."""
+    """One adapted tensor: its float model name, its integer model buffer, its size. A
+    low-rank factor (`factor` "B" or "A") names its convolution's weight in both models."""
 
     float_name: str
     int_name: str
     numel: int
+    factor: str = ""
 
 
 def _seq_name(prefix: str, seq: nn.Sequential, index: int) -> str:
@@ -97,6 +110,29 @@ def _candidates(model: MuLAN) -> list[tuple[str, str]]:
     return out
 
 
+def lowrank_convs(model: MuLAN) -> list[str]:
+    """The float convolutions a low-rank subset changes: each full-resolution block's 3x3s."""
+    return [f"denoiser.full.{b}.{c}" for b in range(len(getattr(model.denoiser, "full", ())))
+            for c in ("conv1", "conv2")]
+
+
+def _factor_tensors(model: MuLAN, qm: nn.Module) -> list[AdaptTensor]:
+    from ..exact.intops import QConv
+
+    fmods, imods = dict(model.named_modules()), dict(qm.named_modules())
+    out = []
+    for name in lowrank_convs(model):
+        conv, qname = fmods[name], int_module_name(model, name)
+        q = imods.get(qname)
+        if not isinstance(q, QConv) or q.wlimbs != 1 or len(q.groups) != 1 \
+                or q.weight.shape != conv.weight.shape:
+            raise ValueError(f"{name}: the integer model has no one-limb {qname} of its shape")
+        cout, fan_in = conv.weight.shape[0], conv.weight[0].numel()
+        out += [AdaptTensor(f"{name}.weight", f"{qname}.weight", cout * LORA_RANK, "B"),
+                AdaptTensor(f"{name}.weight", f"{qname}.weight", LORA_RANK * fan_in, "A")]
+    return out
+
+
 @functools.lru_cache(maxsize=64)
 def _tensors(config_json: str, subset: int) -> tuple[AdaptTensor, ...]:
     from ..exact.integer import IntegerMuLAN
@@ -113,6 +149,11 @@ def _tensors(config_json: str, subset: int) -> tuple[AdaptTensor, ...]:
                 or ibuffers[iname].dtype != torch.float64:
             raise ValueError(f"{fname}: the integer model has no float64 {iname} of its shape")
         out.append(AdaptTensor(fname, iname, fparams[fname].numel()))
+    if subset in LOWRANK_SUBSETS:
+        factors = _factor_tensors(model, qm)
+        if not factors:
+            raise ValueError(f"{SUBSET_NAMES[subset]}: the model has no full-resolution convolutions")
+        out += factors
     return tuple(out)
 
 

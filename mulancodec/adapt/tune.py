@@ -1,6 +1,7 @@
 """Fine-tuning the float model on the image being coded (the encoder's side of adaptation).
 
 The float model's tensors of one subset (`params`) are trained for a few Adam steps
+(a low-rank subset's convolutions as W + B A^T, B from 0 and A from a seeded draw)
 on the image's own tiles, with the context masks the codec's nominal plan gives them
 (`training.data.image_tiles`), on the discrete-time loss at the file's T: the very
 quantity the file's size approaches. Only the encoder runs this; a decoder gets the
@@ -14,11 +15,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from torch import nn
+from torch.nn.utils import parametrize
+
 from ..model.mulan import MuLAN
 from ..training.data import TileSet, batch_tensors, image_tiles
+from .deltas import key_of
 from .params import AdaptTensor
 
 LR = 3e-3  # Adam's step size (measured: see benchmarks/adapt.py)
+LR_FACTOR = 3e-3  # the low-rank factors' (measured: see benchmarks/adapt.py)
 BATCH = 8  # tiles per step
 SCHEDULES = ("constant", "linear")  # the step size over the run: constant, or falling linearly to 0
 SCHEDULE = "constant"
@@ -32,15 +38,45 @@ def own_tiles(images: Sequence[np.ndarray], tile: int, margin: int) -> TileSet |
         return None
 
 
-Delta = dict[str, torch.Tensor]  # float model name -> new value minus old (float64, CPU)
+Delta = dict[str, torch.Tensor]  # `key_of` -> new value minus old, a factor's value (float64, CPU)
+
+
+class LowRank(nn.Module):
+    """A convolution's weight plus the outer product of B (per output) and A (per input and tap)."""
+
+    def __init__(self, weight: torch.Tensor, gen: torch.Generator) -> None:
+        super().__init__()
+        fan_in = weight[0].numel()
+        a = torch.randn(fan_in, generator=gen, dtype=torch.float64) / fan_in ** 0.5
+        self.A = nn.Parameter(a.to(weight))
+        self.B = nn.Parameter(torch.zeros(weight.shape[0]).to(weight))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + torch.outer(self.B, self.A).view_as(w)
+
+
+def _attach_factors(work: MuLAN, tensors: Sequence[AdaptTensor], seed: int) -> dict[str, nn.Parameter]:
+    """Each factor pair's convolution of `work` made W + B A^T; the factors by `key_of`."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    mods, out = dict(work.named_modules()), {}
+    for t in tensors:
+        if t.factor == "B":
+            conv = mods[t.float_name.rsplit(".", 1)[0]]
+            parametrize.register_parametrization(conv, "weight", LowRank(conv.weight.detach(), gen))
+            lr = conv.parametrizations.weight[0]
+            out[key_of(t)] = lr.B
+            out[f"{t.float_name}#A"] = lr.A
+    return out
 
 
 def finetune(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTensor], steps: int, T: int,
              lr: float = LR, batch: int = BATCH, seed: int = 0,
-             progress: Callable[[int], None] | None = None, schedule: str = SCHEDULE) -> Delta:
+             progress: Callable[[int], None] | None = None, schedule: str = SCHEDULE,
+             lr_factor: float = LR_FACTOR) -> Delta:
     """`steps` Adam steps of `tensors` on random batches of `tiles`; returns each tensor's
-    new value minus its old. `model` itself is left as it was."""
-    return finetune_snapshots(model, tiles, tensors, [steps], T, lr, batch, seed, progress, schedule)[steps]
+    new value minus its old (a factor's value). `model` itself is left as it was."""
+    return finetune_snapshots(model, tiles, tensors, [steps], T, lr, batch, seed, progress, schedule,
+                              lr_factor)[steps]
 
 
 def batch_indices(rng: np.random.Generator, tiles: int, batch: int) -> np.ndarray:
@@ -55,7 +91,7 @@ def batch_indices(rng: np.random.Generator, tiles: int, batch: int) -> np.ndarra
 def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTensor],
                        snapshots: Sequence[int], T: int, lr: float = LR, batch: int = BATCH,
                        seed: int = 0, progress: Callable[[int], None] | None = None,
-                       schedule: str = SCHEDULE) -> dict[int, Delta]:
+                       schedule: str = SCHEDULE, lr_factor: float = LR_FACTOR) -> dict[int, Delta]:
     """`finetune` to the largest of `snapshots`, with the deltas after each of them (a
     "linear" schedule falls to 0 at the largest)."""
     if schedule not in SCHEDULES:
@@ -63,11 +99,17 @@ def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTens
     work = copy.deepcopy(model).train()
     work.requires_grad_(False)
     params = dict(work.named_parameters())
-    chosen = [params[t.float_name] for t in tensors]
+    plain = [t for t in tensors if not t.factor]
+    chosen = [params[t.float_name] for t in plain]
     base = [p.detach().double().cpu().clone() for p in chosen]
+    factors = _attach_factors(work, tensors, seed)
     for p in chosen:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(chosen, lr=lr)
+    groups = [{"params": chosen, "lr": lr}]
+    if factors:
+        groups.append({"params": list(factors.values()), "lr": lr_factor})
+    opt = torch.optim.Adam(groups)
+    top = [g["lr"] for g in opt.param_groups]
     rng = np.random.default_rng(seed)
     dev = next(work.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -75,7 +117,8 @@ def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTens
     last = max(snapshots, default=0)
     for step in range(1, last + 1):
         if schedule == "linear":
-            opt.param_groups[0]["lr"] = lr * (last - step + 1) / last
+            for g, peak in zip(opt.param_groups, top):
+                g["lr"] = peak * (last - step + 1) / last
         x, ctx = batch_tensors(tiles.take(batch_indices(rng, len(tiles), batch)), dev)
         with torch.enable_grad():
             loss = work.terms(x, steps=T, generator=gen, ctx=ctx).total.mean()
@@ -85,8 +128,9 @@ def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTens
         if progress is not None:
             progress(1)
         if step in snapshots:
-            out[step] = {t.float_name: p.detach().double().cpu() - b for t, p, b in zip(tensors, chosen, base)}
-    return {k: out.get(k, {t.float_name: torch.zeros(t.numel, dtype=torch.float64) for t in tensors})
+            out[step] = {key_of(t): p.detach().double().cpu() - b for t, p, b in zip(plain, chosen, base)}
+            out[step].update({k: p.detach().double().cpu().clone() for k, p in factors.items()})
+    return {k: out.get(k, {key_of(t): torch.zeros(t.numel, dtype=torch.float64) for t in tensors})
             for k in snapshots}
 
 

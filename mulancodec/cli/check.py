@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from ..coding.container import ADAPT_KIND_NAMES
 from . import options
 from .errors import (
     EXIT_CODES,
@@ -56,7 +57,8 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
     a = d["adaptation"]
     if a:
         click.echo(f"  adapted to the image: {a['subset']}, {a['tensors']} tensors, {a['params']:,} "
-                   f"parameters, steps 2^-{'/2^-'.join(map(str, a['step_exps']))} (norm scale/shift/bias), "
+                   f"parameters, steps 2^-{'/2^-'.join(map(str, a['step_exps']))} "
+                   f"({'/'.join(ADAPT_KIND_NAMES[:len(a['step_exps'])])}), "
                    f"{a['bytes']:,} bytes of deltas")
     _echo_images(d, len(h.images))
 

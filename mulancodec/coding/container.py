@@ -53,6 +53,14 @@ COMPACT_CHECK = 4  # bytes of a compact file's check (see write_compact)
 # block against the model's own tensors): tensors, parameters, step exponents (step 2^-e),
 # and the ANS words, no more than the parameters could take at 24 bits each.
 ADAPT_KINDS = 3  # one step per kind of tensor: norm scale, norm shift, bias
+LOWRANK_SUBSETS = (3,)  # subsets with low-rank factors too: a fourth step (`adapt.params`)
+ADAPT_KIND_NAMES = ("norm scale", "norm shift", "bias", "low-rank factor")  # their steps' order
+
+
+def adapt_kinds(subset: int) -> int:
+    """How many step exponents a block of this subset stores."""
+    return ADAPT_KINDS + 1 if subset in LOWRANK_SUBSETS else ADAPT_KINDS
+
 ADAPT_STEP_EXPS = (1, 30)
 MAX_ADAPT_TENSORS = 4096
 MAX_ADAPT_PARAMS = 1 << 20
@@ -266,9 +274,9 @@ def _meta_bytes(items: Sequence[tuple[int, bytes]]) -> bytes:
 
 def adapt_block_bytes(a: AdaptBlock) -> bytes:
     """An adaptation block as a version-4 header stores it (after the chain's grids):
-    subset u8, one step exponent u8 per kind, params varint, tensors varint, one scale code
+    subset u8, one step exponent u8 per kind (`adapt_kinds`), params varint, tensors varint, one scale code
     u8 per tensor, then the ANS words as a varint count and u32 words."""
-    if len(a.step_exps) != ADAPT_KINDS or len(a.words) % 4:
+    if len(a.step_exps) != adapt_kinds(a.subset) or len(a.words) % 4:
         raise ValueError("malformed adaptation block")
     return (bytes([a.subset, *a.step_exps]) + _varint(a.params) + _varint(len(a.scales)) + a.scales
             + _varint(len(a.words) // 4) + a.words)

@@ -19,7 +19,7 @@ from ..imaging.metadata import MAX_TOTAL_BYTES as MAX_META_TOTAL
 from ..imaging.metadata import TEXT as META_TEXT
 from .chainspec import ADAPTED_VERSION, ANY_MACHINE, AdaptBlock, ChainSpec, Machine, is_exact_version
 from .container import (
-    ADAPT_KINDS,
+    adapt_kinds,
     ADAPT_STEP_EXPS,
     BACKENDS,
     COMPACT_CHECK,
@@ -290,7 +290,7 @@ def _read_adaptation(r: _Reader) -> AdaptBlock:
     """Version 4's adaptation block, each field against its bound and the bytes present (the
     model's own tensor count and sizes are checked when it is known: `adapt.deltas`)."""
     subset = r.u8()
-    exps = tuple(r.u8() for _ in range(ADAPT_KINDS))
+    exps = tuple(r.u8() for _ in range(adapt_kinds(subset)))
     if not all(ADAPT_STEP_EXPS[0] <= e <= ADAPT_STEP_EXPS[1] for e in exps):
         raise FormatError(f"adaptation step exponent out of range ({ADAPT_STEP_EXPS[0]}..{ADAPT_STEP_EXPS[1]})")
     params = r.varint(MAX_ADAPT_PARAMS, "adapted parameters")

@@ -5,7 +5,7 @@ integer scheme needs its own file): the golden files pin the bytes earlier
 releases wrote, so a change in how files decode is caught by the tests instead of
 being silently re-recorded. From the repository root:
 
-    python tests/golden/make_golden.py [v3 | v3-scheme2 | v3-photoN | v4]
+    python tests/golden/make_golden.py [v3 | v3-scheme2 | v3-photoN | v4 | v4-lowrank]
 
 It writes the current version's files only: files of earlier versions are never
 rewritten, they must keep decoding.
@@ -25,11 +25,15 @@ batches of at most two tiles), encoded with two threads.
 Version 3, integer scheme 2, one file per shipped photo-int (`v3-scheme2`, `v3-photoN`, from
 images_photo, as v3_scheme2.mlc or v3_photoN.mlc and expected_<name>.npz): a 70x40 RGB image
 with the photo-int of its time, two threads; PHOTO_GOLDEN names each file's model.
-Version 4 (`v4`, from images_v4, as v4_adapted.mlc and expected_v4.npz): a 40x36 RGB
+Version 4 (`v4`, as v4_adapted.mlc and expected_v4.npz): a 40x36 RGB
 image with every kind of metadata, adapted to the image (`compress(..., adapt=3)`, the
 deltas kept whatever they save), with a tiny integer model made here and stored beside
 it, v4_tiny_int.safetensors (tiny-lv, integer scheme 2, context and learned variance; its
 float model is not needed to decode), two threads.
+Version 4 with low-rank factors (`v4-lowrank`, as v4_lowrank.mlc and expected_v4_lowrank.npz):
+the same kind of image adapted with the low-rank subset (norms, biases and a rank-1 change to
+each full-resolution convolution), with tiny-unusual's integer model (it has a full-resolution
+block) stored beside it as v4_tiny_unusual_int.safetensors, two threads.
 All at T = STEPS; the images are synthetic (made here).
 """
 from __future__ import annotations
@@ -118,16 +122,14 @@ def images_photo() -> dict[str, list]:
     return {name: [with_meta(_gradient(40, 70, 3, seed))] for name, (_, seed) in PHOTO_GOLDEN.items()}
 
 
-def images_v4() -> dict[str, list]:
-    """The version-4 golden file's image."""
-    return {"v4_adapted": [with_meta(_gradient(40, 36, 3, 19))]}
-
-
 TINY_INT_MODEL = HERE / "v4_tiny_int.safetensors"
+LOWRANK_INT_MODEL = HERE / "v4_tiny_unusual_int.safetensors"
 
 
-def make_v4() -> None:
-    """v4_adapted.mlc and the tiny integer model it needs (see the module docstring)."""
+def make_v4(config: str = "tiny-lv", model_path: Path = TINY_INT_MODEL, name: str = "v4_adapted",
+            seed: int = 19) -> None:
+    """v4_adapted.mlc (or v4_lowrank.mlc) and the tiny integer model it needs (see the module
+    docstring)."""
     import tempfile
 
     import torch
@@ -142,22 +144,22 @@ def make_v4() -> None:
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        fid = save_model(make_tiny_model(0, "tiny-lv"), f"{tmp}/float.safetensors")
+        fid = save_model(make_tiny_model(0, config), f"{tmp}/float.safetensors")
         flm = load_model(f"{tmp}/float.safetensors")
         rng = np.random.default_rng(4)
         tiles = RandomCrops([smooth_image(rng, 48, 48, 3) for _ in range(3)], 16, 8, 0).batch(0, 16)
-        save_integer_model(quantize(flm.model, tiles), TINY_INT_MODEL, fid, {"default_steps": str(STEPS)})
-        ilm = load_model(TINY_INT_MODEL)
+        save_integer_model(quantize(flm.model, tiles), model_path, fid, {"default_steps": str(STEPS)})
+        ilm = load_model(model_path)
         encoder.pays = lambda report: True
         expected: dict[str, np.ndarray] = {}
-        for name, ims in images_v4().items():
-            data = mc.compress(ims[0], model=ilm, steps=STEPS, adapt=3, float_model=flm, fallback=False)
-            assert mc.read_header(data).chain.adaptation is not None
-            (HERE / f"{name}.mlc").write_bytes(data)
-            pic = img.load(ims[0])
-            expected[f"{name}/0"], expected[f"{name}/0/mode"] = pic.array(), np.array(pic.mode)
-            print(f"{name}.mlc: {len(data)} bytes")
-    np.savez_compressed(HERE / "expected_v4.npz", **expected)
+        image = with_meta(_gradient(40, 36, 3, seed))
+        data = mc.compress(image, model=ilm, steps=STEPS, adapt=3, float_model=flm, fallback=False)
+        assert mc.read_header(data).chain.adaptation is not None
+        (HERE / f"{name}.mlc").write_bytes(data)
+        pic = img.load(image)
+        expected[f"{name}/0"], expected[f"{name}/0/mode"] = pic.array(), np.array(pic.mode)
+        print(f"{name}.mlc: {len(data)} bytes")
+    np.savez_compressed(HERE / f"expected_{name.replace('_adapted', '')}.npz", **expected)
 
 
 def images() -> dict[str, list]:
@@ -177,6 +179,9 @@ def images() -> dict[str, list]:
 def main(which: str = "v3") -> None:
     if which == "v4":
         make_v4()
+        return
+    if which == "v4-lowrank":
+        make_v4("tiny-unusual", LOWRANK_INT_MODEL, "v4_lowrank", 29)
         return
     import torch
     from conftest import CIFAR10_INT_MODEL

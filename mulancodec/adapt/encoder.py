@@ -1,6 +1,6 @@
 """Adaptation on both sides: the encoder's fine-tune-and-decide, the decoder's adapted model.
 
-Encoder (`adapt_model`): fine-tune the float model's tensors of `SUBSET` on the image's
+Encoder (`adapt_model`): fine-tune the float model's tensors of its subset (`subset_for`) on the image's
 own tiles at the file's T (`tune.finetune`), quantise the deltas (`step_exps`), code
 them (`deltas.encode`), add them to the integer model, and keep them only when the file
 shrinks with their cost included (minimum description length): the bits they save are

@@ -431,3 +431,14 @@ def test_hostile_factors_never_give_wrong_pixels(lowrank, lowrank_adapted):
         chain = dataclasses.replace(h.chain, adaptation=D.encode(d, tensors))
         with pytest.raises(mc.DecodeError):
             mc.decompress(fmt.write(dataclasses.replace(h, chain=chain), words), model=ilm)
+
+
+def test_factors_that_stayed_zero_pick_a_step_and_code_nothing(lowrank):
+    _, ilm = lowrank
+    tensors = adapt_tensors(ilm.config, SUBSET_UP_LOWRANK)
+    zero = {D.key_of(t): torch.zeros(t.numel, dtype=torch.float64) for t in tensors}
+    e = D.factor_exp(zero, tensors, ilm.model, E.FACTOR_RMS)
+    assert e == D.FACTOR_EXP0
+    d = D.quantize(zero, tensors, SUBSET_UP_LOWRANK, (5, 5, 5, e), ilm.model)
+    assert d.nonzero() == 0 and all(not dw.any() for _, dw in d.weight_deltas(tensors))
+    assert all(c == D.SCALE_ZERO for c in D.encode(d, tensors).scales)

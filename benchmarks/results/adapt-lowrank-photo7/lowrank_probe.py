@@ -95,7 +95,7 @@ def quantised(work, rank, kw, base_p):
     d = D.quantize(delta, tensors, SUBSET_UP, step_exps(sub))
     nbits = sum(bits(q) for q in d.q)
     with torch.no_grad():
-        for t, v in zip(tensors, d.values(tensors)):
+        for t, v in d.values(tensors):
             op[t.float_name].add_(torch.from_numpy(v).to(op[t.float_name]).view_as(op[t.float_name]))
         wm = dict(work.named_modules())
         for n in FULL:
@@ -133,8 +133,10 @@ tiles = own_tiles([img], fm.config.tile, fm.config.context)
 sub = img.size
 base_p = {n: p.detach().double().clone() for n, p in fm.model.named_parameters()}
 for v in want:
-    rank = 0 if v in ("dense", "up") else int(v[1:])
+    rank = 0 if v in ("dense", "up") else int(v[1:2])
     FULL = [] if v == "up" else [f"denoiser.full.{b}.conv{c}" for b in (0, 1) for c in (1, 2)]
+    if v == "r1x":
+        FULL += [f"denoiser.up.{b}.0.conv{c}" for b in (6, 7) for c in (1, 2)]
     t0 = time.perf_counter()
     work = finetune(rank, wlr)
     ts = time.perf_counter() - t0

@@ -522,6 +522,8 @@ def test_cli_shows_and_refuses_adaptation_blocks(adapted, tmp_path):
     from mulancodec.adapt.params import SUBSET_NAMES
 
     assert f"adapted to the image: {SUBSET_NAMES[a.subset]}," in r.stdout
+    assert f"step exponents {'/'.join(map(str, a.step_exps))} ({'/'.join(fmt.ADAPT_KIND_NAMES[:len(a.step_exps)])})" \
+        in r.stdout
     bad = tmp_path / "b.mlc"
     bad.write_bytes(_with_block(samples[0].data, mm.adapt_block_edits(a, np.random.default_rng(0))["subset 1"]))
     code, err = cli("decode", str(bad), "-o", str(tmp_path / "out.png"), "--model", str(folder / "int.safetensors"))

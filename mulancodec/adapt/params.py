@@ -4,7 +4,7 @@ An adapted file stores deltas for one named subset of the float model's paramete
 (`SUBSETS`): GroupNorm affines and biases, the parameters the integer model keeps in
 float64 (`QNorm.gamma`/`beta`, `QConv.bias`, `WideLinear.bias`), so that adding a
 delta there is one float64 addition, the same on every machine. Subset 3 adds a rank-1
-change to each full-resolution convolution's weights (`LORA_RANK`): two factors, an
+change to each full-resolution convolution's weights: two factors, an
 output vector B and an input vector A, whose integer outer product is added to the
 integer weights (`deltas.apply`), again the same on every machine. The tensors of a
 subset, their order and their sizes follow from the model's config alone
@@ -41,7 +41,6 @@ _SUBSET_TEST: dict[int, Callable[[str], bool]] = {
 }
 LOWRANK_SUBSETS = (SUBSET_UP_LOWRANK,)  # the subsets with factor pairs
 assert LOWRANK_SUBSETS == container.LOWRANK_SUBSETS
-LORA_RANK = 1
 FACTORS = ("B", "A")  # a pair's order in files: B (one value per output), A (per input and tap)
 
 
@@ -128,8 +127,8 @@ def _factor_tensors(model: MuLAN, qm: nn.Module) -> list[AdaptTensor]:
                 or q.weight.shape != conv.weight.shape:
             raise ValueError(f"{name}: the integer model has no one-limb {qname} of its shape")
         cout, fan_in = conv.weight.shape[0], conv.weight[0].numel()
-        out += [AdaptTensor(f"{name}.weight", f"{qname}.weight", cout * LORA_RANK, "B"),
-                AdaptTensor(f"{name}.weight", f"{qname}.weight", LORA_RANK * fan_in, "A")]
+        out += [AdaptTensor(f"{name}.weight", f"{qname}.weight", cout, "B"),  # rank 1: one pair
+                AdaptTensor(f"{name}.weight", f"{qname}.weight", fan_in, "A")]
     return out
 
 

@@ -63,9 +63,9 @@ def _attach_factors(work: MuLAN, tensors: Sequence[AdaptTensor], seed: int) -> d
         if t.factor == "B":
             conv = mods[t.float_name.rsplit(".", 1)[0]]
             parametrize.register_parametrization(conv, "weight", LowRank(conv.weight.detach(), gen))
-            lr = conv.parametrizations.weight[0]
-            out[key_of(t)] = lr.B
-            out[f"{t.float_name}#A"] = lr.A
+            pair = conv.parametrizations.weight[0]
+            out[key_of(t)] = pair.B
+            out[f"{t.float_name}#A"] = pair.A
     return out
 
 

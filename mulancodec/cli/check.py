@@ -57,7 +57,7 @@ def info(file: str, as_json: bool, max_pixels: int | None) -> None:
     a = d["adaptation"]
     if a:
         click.echo(f"  adapted to the image: {a['subset']}, {a['tensors']} tensors, {a['params']:,} "
-                   f"parameters, steps 2^-{'/2^-'.join(map(str, a['step_exps']))} "
+                   f"parameters, step exponents {'/'.join(map(str, a['step_exps']))} "
                    f"({'/'.join(ADAPT_KIND_NAMES[:len(a['step_exps'])])}), "
                    f"{a['bytes']:,} bytes of deltas")
     _echo_images(d, len(h.images))

@@ -91,18 +91,16 @@ class Deltas:
     def weight_deltas(self, tensors: Sequence[AdaptTensor]) -> list[tuple[str, np.ndarray]]:
         """(integer conv weight, its change: the outer product of each factor pair, in weight
         units, int64), in the order of the pairs."""
-        out, pending = [], {}
-        for q, t in zip(self.q, tensors):
-            if not t.factor:
-                continue
-            pending[t.factor] = q
-            if len(pending) == len(FACTORS):
-                out.append((t.int_name, lowrank_product(pending["B"], pending["A"], self.step_exps[FACTOR])))
-                pending = {}
-        return out
+        return [(tensors[b].int_name, lowrank_product(self.q[b], self.q[a], self.step_exps[FACTOR]))
+                for b, a in factor_pairs(tensors)]
 
     def nonzero(self) -> int:
         return int(sum(np.count_nonzero(q) for q in self.q))
+
+
+def factor_pairs(tensors: Sequence[AdaptTensor]) -> list[tuple[int, int]]:
+    """The positions of each factor pair's B and A (`params.FACTORS`: B, then A)."""
+    return [(i, i + 1) for i, t in enumerate(tensors) if t.factor == FACTORS[0]]
 
 
 def lowrank_product(qb: np.ndarray, qa: np.ndarray, e: int) -> np.ndarray:
@@ -132,10 +130,8 @@ def _factor_units(deltas: dict[str, torch.Tensor], tensors: Sequence[AdaptTensor
     """Each factor in weight units (`conv_scales`), each pair balanced (equal rms: the
     product is the same, and one grid suits both)."""
     out: dict[str, np.ndarray] = {}
-    for i, t in enumerate(tensors):
-        if t.factor != "B":
-            continue
-        a_t = tensors[i + 1]
+    for i, j in factor_pairs(tensors):
+        t, a_t = tensors[i], tensors[j]
         w_out, w_in = conv_scales(int_model, t.int_name)
         b = deltas[key_of(t)].detach().double().cpu().numpy().reshape(-1) / w_out
         a = deltas[key_of(a_t)].detach().double().cpu().numpy().reshape(len(w_in), -1) * w_in[:, None]

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..coding import container
+from ..coding.container import LOWRANK_SUBSETS  # the subsets with factor pairs (a fourth step)
 from ..model.configs import ModelConfig
 from ..model.mulan import MuLAN
 
@@ -39,8 +39,7 @@ _SUBSET_TEST: dict[int, Callable[[str], bool]] = {
     SUBSET_UP: lambda n: n.startswith(_UP),
     SUBSET_UP_LOWRANK: lambda n: n.startswith(_UP),
 }
-LOWRANK_SUBSETS = (SUBSET_UP_LOWRANK,)  # the subsets with factor pairs
-assert LOWRANK_SUBSETS == container.LOWRANK_SUBSETS
+assert LOWRANK_SUBSETS == (SUBSET_UP_LOWRANK,)
 FACTORS = ("B", "A")  # a pair's order in files: B (one value per output), A (per input and tap)
 
 

@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 from ..model.mulan import MuLAN
 from ..training.data import TileSet, batch_tensors, image_tiles
 from .deltas import key_of
-from .params import AdaptTensor
+from .params import FACTORS, AdaptTensor
 
 LR = 3e-3  # Adam's step size (measured: see benchmarks/adapt.py)
 LR_FACTOR = 3e-3  # the low-rank factors' (measured: see benchmarks/adapt.py)
@@ -60,12 +60,12 @@ def _attach_factors(work: MuLAN, tensors: Sequence[AdaptTensor], seed: int) -> d
     gen = torch.Generator().manual_seed(seed + 1)
     mods, out = dict(work.named_modules()), {}
     for t in tensors:
-        if t.factor == "B":
-            conv = mods[t.float_name.rsplit(".", 1)[0]]
+        if not t.factor:
+            continue
+        conv = mods[t.float_name.rsplit(".", 1)[0]]
+        if t.factor == FACTORS[0]:  # a pair's first: its convolution gets the pair
             parametrize.register_parametrization(conv, "weight", LowRank(conv.weight.detach(), gen))
-            pair = conv.parametrizations.weight[0]
-            out[key_of(t)] = pair.B
-            out[f"{t.float_name}#A"] = pair.A
+        out[key_of(t)] = getattr(conv.parametrizations.weight[0], t.factor)
     return out
 
 

@@ -114,21 +114,23 @@ def _build_corpus(model) -> list[Sample]:
     return out
 
 
-def tiny_int_pair(folder, config: str = "tiny-lv") -> tuple:
+def tiny_int_pair(folder, config: str = "tiny-lv", default_steps: int | None = None) -> tuple:
     """(float model, its integer model): `config` (tiny-lv; tiny-unusual has a full-resolution
     block, so its files adapt low-rank factors too), saved in `folder` as float.safetensors
-    and int.safetensors (the integer model records the float model's id)."""
+    and int.safetensors (the integer model records the float model's id), both with
+    `default_steps` in their metadata when given."""
     from conftest import make_tiny_model
 
     from mulancodec.exact.quantize import quantize
     from mulancodec.training.data import RandomCrops
     from mulancodec.weights import load_model, save_integer_model, save_model
 
-    fid = save_model(make_tiny_model(0, config), folder / "float.safetensors")
+    extra = {"default_steps": str(default_steps)} if default_steps else {}
+    fid = save_model(make_tiny_model(0, config), folder / "float.safetensors", extra=extra)
     flm = load_model(folder / "float.safetensors")
     rng = np.random.default_rng(4)
     qm = quantize(flm.model, RandomCrops([smooth_image(rng, 48, 48, 3) for _ in range(3)], 16, 8, 0).batch(0, 16))
-    save_integer_model(qm, folder / "int.safetensors", fid)
+    save_integer_model(qm, folder / "int.safetensors", fid, extra)
     return flm, load_model(folder / "int.safetensors")
 
 

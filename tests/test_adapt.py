@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import mlc_mutants as mm
 from conftest import make_tiny_model, smooth_image
 
 import mulancodec as mc
@@ -293,13 +294,7 @@ def test_a_step_takes_distinct_tiles_and_repeats_a_small_image_whole():
 @pytest.fixture(scope="module")
 def lowrank(tmp_path_factory):
     """tiny-unusual (it has a full-resolution block) and its integer model."""
-    d = tmp_path_factory.mktemp("lowrank")
-    save_model(make_tiny_model(0, "tiny-unusual"), d / "f.safetensors", extra={"default_steps": str(T)})
-    f = load_model(d / "f.safetensors")
-    rng = np.random.default_rng(4)
-    qm = quantize(f.model, RandomCrops([smooth_image(rng, 48, 48, 3) for _ in range(4)], 16, 8, 0).batch(0, 24))
-    save_integer_model(qm, d / "i.safetensors", f.model_id, {"default_steps": str(T)})
-    return f, load_model(d / "i.safetensors")
+    return mm.tiny_int_pair(tmp_path_factory.mktemp("lowrank"), "tiny-unusual", default_steps=T)
 
 
 def random_factors(ilm, seed: int = 0, size: int = 3, exp: int = D.FACTOR_EXP0) -> D.Deltas:

@@ -34,8 +34,7 @@ import torch  # noqa: E402
 from mulancodec.adapt import deltas as D  # noqa: E402
 from mulancodec.adapt.encoder import FACTOR_RMS  # noqa: E402
 from mulancodec.adapt.params import LOWRANK_SUBSETS, SUBSET_NAMES, adapt_tensors  # noqa: E402
-from mulancodec.adapt.tune import (BATCH, FACTOR_START, FACTOR_STARTS, LR_FACTOR, SCHEDULES,  # noqa: E402
-                                   finetune_snapshots, own_tiles)
+from mulancodec.adapt.tune import BATCH, LR_FACTOR, SCHEDULES, finetune_snapshots, own_tiles  # noqa: E402
 from mulancodec.exact.quantcost import paired_elbo  # noqa: E402
 from mulancodec.training.data import load_images  # noqa: E402
 from mulancodec.weights import load_model  # noqa: E402
@@ -67,7 +66,6 @@ def _snapshots(args: argparse.Namespace, fm, tiles, tensors, key: str) -> dict:
     sched = "" if args.schedule == "constant" else f"-{args.schedule}"
     batch = "" if args.batch == BATCH else f"-b{args.batch}"
     factor = "" if args.lr_factor == LR_FACTOR else f"-f{args.lr_factor}"
-    factor += "" if args.factor_start == "random" else f"-{args.factor_start}"
     name = f"{key}-T{args.steps}-lr{args.lr}{factor}{sched}{batch}-s{args.seed}.pt"
     path = Path(args.cache) / name if args.cache else None
     have = torch.load(path) if path is not None and path.exists() else {}
@@ -75,8 +73,7 @@ def _snapshots(args: argparse.Namespace, fm, tiles, tensors, key: str) -> dict:
     if todo:
         have.update(finetune_snapshots(fm.model, tiles, tensors, sorted(set(todo) | set(have)), args.steps,
                                        lr=args.lr, batch=args.batch, seed=args.seed,
-                                       schedule=args.schedule, lr_factor=args.lr_factor,
-                                       factor_start=args.factor_start))
+                                       schedule=args.schedule, lr_factor=args.lr_factor))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(have, path)
@@ -188,8 +185,6 @@ def main() -> None:
     t.add_argument("--strata", type=int, default=5)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--lr-factor", type=float, default=LR_FACTOR, help="the low-rank factors' step size")
-    t.add_argument("--factor-start", choices=FACTOR_STARTS, default=FACTOR_START,
-                   help="the low-rank A factors' start: a seeded draw, or the loss gradient's top direction")
     t.add_argument("--schedule", choices=SCHEDULES, default="constant",
                    help="the step size over the run (linear: falls to 0 at the last snapshot)")
     t.add_argument("--batch", type=int, default=BATCH, help="tiles per fine-tuning step")

@@ -10,7 +10,6 @@ quantity the file's size approaches. Only the encoder runs this; a decoder gets 
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -29,9 +28,6 @@ LR_FACTOR = 3e-3  # the low-rank factors' (measured: see benchmarks/adapt.py)
 BATCH = 8  # tiles per step
 SCHEDULES = ("constant", "linear")  # the step size over the run: constant, or falling linearly to 0
 SCHEDULE = "constant"
-FACTOR_STARTS = ("random", "gradient")  # A from a seeded draw, or the loss gradient's top direction
-FACTOR_START = "random"
-GRADIENT_BATCHES = 4  # batches whose gradient picks a "gradient" start
 
 
 def own_tiles(images: Sequence[np.ndarray], tile: int, margin: int) -> TileSet | None:
@@ -46,14 +42,12 @@ Delta = dict[str, torch.Tensor]  # `key_of` -> new value minus old, a factor's v
 
 
 class LowRank(nn.Module):
-    """A convolution's weight plus the outer product of B (per output) and A (per input and tap).
-    A starts at `a` (unit norm) or, without it, a seeded random draw of about unit norm."""
+    """A convolution's weight plus the outer product of B (per output) and A (per input and tap)."""
 
-    def __init__(self, weight: torch.Tensor, gen: torch.Generator, a: torch.Tensor | None = None) -> None:
+    def __init__(self, weight: torch.Tensor, gen: torch.Generator) -> None:
         super().__init__()
         fan_in = weight[0].numel()
-        if a is None:
-            a = torch.randn(fan_in, generator=gen, dtype=torch.float64) / fan_in ** 0.5
+        a = torch.randn(fan_in, generator=gen, dtype=torch.float64) / fan_in ** 0.5
         self.A = nn.Parameter(a.to(weight))
         self.B = nn.Parameter(torch.zeros(weight.shape[0]).to(weight))
 
@@ -61,38 +55,8 @@ class LowRank(nn.Module):
         return w + torch.outer(self.B, self.A).view_as(w)
 
 
-class OnGrid(nn.Module):
-    """A parameter as a file stores it: its change from `base` rounded to the grid 2^-exp,
-    with the gradient passed straight through the rounding (quantisation-aware steps)."""
-
-    def __init__(self, base: torch.Tensor, exp: int) -> None:
-        super().__init__()
-        self.register_buffer("base", base.detach().clone())
-        self.scale = 2.0 ** exp
-
-    def forward(self, p: torch.Tensor) -> torch.Tensor:
-        d = p - self.base
-        return self.base + d + (torch.round(d * self.scale) / self.scale - d).detach()
-
-
-def _put_on_grid(work: MuLAN, plain: Sequence[AdaptTensor], bases: Sequence[torch.Tensor],
-                 exps: Sequence[int]) -> None:
-    """From now on `work` computes with the `plain` tensors (not factors) on their kinds'
-    grids, as changes from their values before the fine-tuning (`bases`)."""
-    from .deltas import kind_of
-
-    mods = dict(work.named_modules())
-    for t, b in zip(plain, bases):
-        mod_name, pname = t.float_name.rsplit(".", 1)
-        mod = mods[mod_name]
-        p = getattr(mod, pname)
-        parametrize.register_parametrization(mod, pname, OnGrid(b.to(p), exps[kind_of(t)]))
-
-
-def _attach_factors(work: MuLAN, tensors: Sequence[AdaptTensor], seed: int,
-                    starts: dict[str, torch.Tensor] | None = None) -> dict[str, nn.Parameter]:
-    """Each factor pair's convolution of `work` made W + B A^T (A from `starts` by weight
-    name where given); the factors by `key_of`."""
+def _attach_factors(work: MuLAN, tensors: Sequence[AdaptTensor], seed: int) -> dict[str, nn.Parameter]:
+    """Each factor pair's convolution of `work` made W + B A^T; the factors by `key_of`."""
     gen = torch.Generator().manual_seed(seed + 1)
     mods, out = dict(work.named_modules()), {}
     for t in tensors:
@@ -100,8 +64,7 @@ def _attach_factors(work: MuLAN, tensors: Sequence[AdaptTensor], seed: int,
             continue
         conv = mods[t.float_name.rsplit(".", 1)[0]]
         if t.factor == FACTORS[0]:  # a pair's first: its convolution gets the pair
-            a = (starts or {}).get(t.float_name)
-            parametrize.register_parametrization(conv, "weight", LowRank(conv.weight.detach(), gen, a))
+            parametrize.register_parametrization(conv, "weight", LowRank(conv.weight.detach(), gen))
         out[key_of(t)] = getattr(conv.parametrizations.weight[0], t.factor)
     return out
 
@@ -109,38 +72,11 @@ def _attach_factors(work: MuLAN, tensors: Sequence[AdaptTensor], seed: int,
 def finetune(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTensor], steps: int, T: int,
              lr: float = LR, batch: int = BATCH, seed: int = 0,
              progress: Callable[[int], None] | None = None, schedule: str = SCHEDULE,
-             lr_factor: float = LR_FACTOR, factor_start: str = FACTOR_START) -> Delta:
+             lr_factor: float = LR_FACTOR) -> Delta:
     """`steps` Adam steps of `tensors` on random batches of `tiles`; returns each tensor's
     new value minus its old (a factor's value). `model` itself is left as it was."""
     return finetune_snapshots(model, tiles, tensors, [steps], T, lr, batch, seed, progress, schedule,
-                              lr_factor, factor_start)[steps]
-
-
-def gradient_starts(work: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTensor], T: int, batch: int,
-                    batches: int, seed: int) -> dict[str, torch.Tensor]:
-    """Each low-rank convolution's A to start from: the top right singular vector of its
-    weight's loss gradient over `batches` batches (the rank-1 direction the loss falls
-    fastest along, so B's first steps already point the right way)."""
-    names = sorted({t.float_name for t in tensors if t.factor})
-    if not names:
-        return {}
-    params = dict(work.named_parameters())
-    for n in names:
-        params[n].requires_grad_(True)
-    rng = np.random.default_rng(seed + 2)
-    gen = torch.Generator(device=next(work.parameters()).device).manual_seed(seed + 2)
-    dev = next(work.parameters()).device
-    for _ in range(batches):
-        x, ctx = batch_tensors(tiles.take(batch_indices(rng, len(tiles), batch)), dev)
-        with torch.enable_grad():
-            work.terms(x, steps=T, generator=gen, ctx=ctx).total.mean().backward()
-    out = {}
-    for n in names:
-        g = params[n].grad.detach().double().reshape(params[n].shape[0], -1)
-        out[n] = torch.linalg.svd(g, full_matrices=False).Vh[0]
-        params[n].grad = None
-        params[n].requires_grad_(False)
-    return out
+                              lr_factor)[steps]
 
 
 def batch_indices(rng: np.random.Generator, tiles: int, batch: int) -> np.ndarray:
@@ -155,14 +91,9 @@ def batch_indices(rng: np.random.Generator, tiles: int, batch: int) -> np.ndarra
 def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTensor],
                        snapshots: Sequence[int], T: int, lr: float = LR, batch: int = BATCH,
                        seed: int = 0, progress: Callable[[int], None] | None = None,
-                       schedule: str = SCHEDULE, lr_factor: float = LR_FACTOR,
-                       factor_start: str = FACTOR_START, l1: Sequence[float] | None = None,
-                       grid: Sequence[int] | None = None, grid_steps: int = 0) -> dict[int, Delta]:
+                       schedule: str = SCHEDULE, lr_factor: float = LR_FACTOR) -> dict[int, Delta]:
     """`finetune` to the largest of `snapshots`, with the deltas after each of them (a
-    "linear" schedule falls to 0 at the largest). `l1` (one weight per tensor that is not a
-    factor) adds sum(weight x |delta|) to the loss: the deltas' bits, as `rate_weights` has it.
-    With `grid` (step exponents by kind), the last `grid_steps` steps compute with those
-    tensors on the grid the file will store them on (`OnGrid`)."""
+    "linear" schedule falls to 0 at the largest)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown step-size schedule {schedule!r}: one of {SCHEDULES}")
     work = copy.deepcopy(model).train()
@@ -171,11 +102,7 @@ def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTens
     plain = [t for t in tensors if not t.factor]
     chosen = [params[t.float_name] for t in plain]
     base = [p.detach().double().cpu().clone() for p in chosen]
-    if factor_start not in FACTOR_STARTS:
-        raise ValueError(f"unknown factor start {factor_start!r}: one of {FACTOR_STARTS}")
-    starts = gradient_starts(work, tiles, tensors, T, batch, GRADIENT_BATCHES, seed) \
-        if factor_start == "gradient" else None
-    factors = _attach_factors(work, tensors, seed, starts)
+    factors = _attach_factors(work, tensors, seed)
     for p in chosen:
         p.requires_grad_(True)
     groups = [{"params": chosen, "lr": lr}]
@@ -189,16 +116,12 @@ def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTens
     out: dict[int, Delta] = {}
     last = max(snapshots, default=0)
     for step in range(1, last + 1):
-        if grid is not None and step == last - grid_steps + 1:
-            _put_on_grid(work, plain, base, grid)
         if schedule == "linear":
             for g, peak in zip(opt.param_groups, top):
                 g["lr"] = peak * (last - step + 1) / last
         x, ctx = batch_tensors(tiles.take(batch_indices(rng, len(tiles), batch)), dev)
         with torch.enable_grad():
             loss = work.terms(x, steps=T, generator=gen, ctx=ctx).total.mean()
-            if l1 is not None:
-                loss = loss + sum(w * (p - b.to(p)).abs().sum() for w, p, b in zip(l1, chosen, base))
             opt.zero_grad(set_to_none=True)
             loss.backward()
         opt.step()
@@ -209,16 +132,6 @@ def finetune_snapshots(model: MuLAN, tiles: TileSet, tensors: Sequence[AdaptTens
             out[step].update({k: p.detach().double().cpu().clone() for k, p in factors.items()})
     return {k: out.get(k, {key_of(t): torch.zeros(t.numel, dtype=torch.float64) for t in tensors})
             for k in snapshots}
-
-
-def rate_weights(tensors: Sequence[AdaptTensor], exps: Sequence[int], subpixels: int,
-                 scale: float = 1.0) -> list[float]:
-    """`finetune_snapshots`' l1 weights: a delta d on a grid of step 2^-e costs about
-    |d| 2^e / (b ln 2) bits under a Laplace of scale b steps (b = 1 here, times 1/`scale`),
-    per subpixel of an image of `subpixels` (the loss's unit)."""
-    from .deltas import kind_of
-
-    return [scale * 2.0 ** exps[kind_of(t)] / (math.log(2) * subpixels) for t in tensors if not t.factor]
 
 
 def paired_gain(base: torch.nn.Module, adapted: torch.nn.Module, tiles: TileSet, T: int, strata: int,
